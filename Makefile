@@ -1,0 +1,49 @@
+# The platform's routines. The README's two commands are `make demo` and `make test`;
+# .ci/run calls `make test`.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+UV_VERSION := 0.13.8
+
+.PHONY: install system-deps demo test lint format stop clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The virtual environment with the pinned dependencies of requirements.lock (idempotent).
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+
+# What the tests need beyond Python packages: Debian's Chromium and the Kafka broker jars.
+system-deps: install
+	scripts/install_system_deps.sh
+	$(BIN)/c360 kafka fetch
+
+# Main command: set everything up and run the platform (database, load, API, Airflow, stream).
+demo: install system-deps
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/c360 demo
+
+# Test command: the whole suite against real PostgreSQL, Kafka, Airflow and Chromium.
+# pytest exits 5 when it collected no tests; that is a failure here, not a pass.
+test: install system-deps
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	status=$$?; if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; \
+	exit $$status
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Stop every service the demo started.
+stop:
+	$(BIN)/c360 stop
+
+clean: stop
+	rm -rf .c360 data/generated

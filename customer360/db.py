@@ -1,0 +1,55 @@
+"""Database access shared by the CLI, the loader, the DAG and the streaming sink."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg2
+import psycopg2.extensions
+
+from customer360.settings import Settings, get_settings
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The configured PostgreSQL server cannot be reached."""
+
+
+def connect(settings: Settings | None = None, **kwargs) -> psycopg2.extensions.connection:
+    """Open a psycopg2 connection, turning connection failures into one clear sentence."""
+    settings = settings or get_settings()
+    try:
+        return psycopg2.connect(settings.dsn, connect_timeout=5, **kwargs)
+    except psycopg2.OperationalError as exc:
+        hint = " (start it with `c360 db start`)" if settings.uses_embedded_database else ""
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection refused"
+        raise DatabaseUnavailableError(
+            f"cannot reach PostgreSQL at {_redacted(settings.dsn)}{hint}: {reason}"
+        ) from exc
+
+
+@contextmanager
+def transaction(settings: Settings | None = None) -> Iterator[psycopg2.extensions.cursor]:
+    """A cursor in one transaction: committed on success, rolled back on any error."""
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            # Set-based loads sort and hash large sets: give them room in memory.
+            cur.execute("set local work_mem = '256MB'")
+            yield cur
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+def _redacted(dsn: str) -> str:
+    """The URL without its password, safe to print."""
+    if "@" not in dsn or "://" not in dsn:
+        return dsn
+    scheme, rest = dsn.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}@{host}"

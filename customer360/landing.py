@@ -1,0 +1,221 @@
+"""Landing: stream one CSV file into its staging table with COPY.
+
+The file is read once, as a stream: its checksum is computed on the way, each record is
+mapped onto the canonical columns, and records that cannot be staged at all (a wrong number
+of fields, bytes that are not UTF-8) go to the quarantine with their line number instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from psycopg2.extras import execute_values
+
+from customer360.errors import UserFacingError
+from customer360.sources import CANONICAL_ORDER, SourceSpec
+
+# Records are sent to COPY in chunks of this many characters.
+COPY_CHUNK_CHARS = 4 * 1024 * 1024
+
+# Records with fields bigger than this are refused by the csv module; far above any real field.
+csv.field_size_limit(16 * 1024 * 1024)
+
+
+@dataclass
+class LandingResult:
+    """What happened to one source file."""
+
+    source: str
+    path: str
+    sha256: str = ""
+    bytes: int = 0
+    data_rows: int = 0
+    landed: int = 0
+    rejected: list[dict] = field(default_factory=list)  # quarantine entries
+
+
+class _HashingReader(io.RawIOBase):
+    """A binary stream that hashes and counts what passes through it."""
+
+    def __init__(self, raw: io.BufferedReader) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self._raw.readinto(buffer)
+        if count:
+            self.sha256.update(memoryview(buffer)[:count])
+            self.bytes += count
+        return count
+
+
+class _ChunkStream(io.TextIOBase):
+    """A read-only text stream over an iterator of chunks, as COPY FROM STDIN expects."""
+
+    def __init__(self, chunks: Iterator[str]) -> None:
+        self._chunks = chunks
+        self._buffer = ""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> str:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            result, self._buffer = self._buffer, ""
+        else:
+            result, self._buffer = self._buffer[:size], self._buffer[size:]
+        return result
+
+    readline = read
+
+
+def land_file(cursor, spec: SourceSpec, path: Path, batch_id: int) -> LandingResult:
+    """COPY one source file into ``staging.raw_<source>``; returns counts and rejected records."""
+    if not path.exists():
+        raise UserFacingError(f"source file {path} does not exist")
+    result = LandingResult(source=spec.name, path=str(path))
+    columns = ", ".join(("batch_id", "source_file", "line_number", *CANONICAL_ORDER[spec.name]))
+    with path.open("rb") as binary:
+        hashing = _HashingReader(binary)
+        text = io.TextIOWrapper(
+            io.BufferedReader(hashing), encoding="utf-8", errors="surrogateescape", newline=""
+        )
+        chunks = _staged_chunks(csv.reader(text), spec, path.name, batch_id, result)
+        cursor.copy_expert(
+            f"copy staging.raw_{spec.name} ({columns}) from stdin with (format csv)",
+            _ChunkStream(chunks),
+            size=COPY_CHUNK_CHARS,
+        )
+        # Drain what COPY may not have asked for, so the checksum covers the whole file.
+        while text.read(COPY_CHUNK_CHARS):
+            pass
+        result.sha256 = hashing.sha256.hexdigest()
+        result.bytes = hashing.bytes
+    if result.rejected:
+        execute_values(
+            cursor,
+            """
+            insert into audit.quarantine
+                (batch_id, source, source_file, line_number, business_key, reason, detail, raw_row)
+            values %s
+            """,
+            [
+                (
+                    batch_id,
+                    spec.name,
+                    path.name,
+                    r["line"],
+                    None,
+                    r["reason"],
+                    r["detail"],
+                    json.dumps(r["raw"], ensure_ascii=False),
+                )
+                for r in result.rejected
+            ],
+        )
+    return result
+
+
+def _staged_chunks(
+    reader, spec: SourceSpec, file_name: str, batch_id: int, result: LandingResult
+) -> Iterator[str]:
+    """Yield CSV text for COPY: batch id, file, line number and the canonical columns."""
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise UserFacingError(f"{file_name} is empty: expected a header row") from None
+    positions = spec.column_positions(header, file_name)
+    width = len(header)
+    prefix = [str(batch_id), file_name]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    pending: list[tuple[int, list[str]]] = []
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            # The rest of the file cannot be parsed reliably: keep the reason and stop.
+            result.data_rows += 1
+            result.rejected.append(_rejection(reader.line_num, "malformed_row", str(exc), []))
+            break
+        if not record:
+            continue  # a blank line is not a record
+        result.data_rows += 1
+        line = reader.line_num
+        if len(record) != width:
+            result.rejected.append(
+                _rejection(
+                    line, "malformed_row", f"{len(record)} fields, the header has {width}", record
+                )
+            )
+            continue
+        writer.writerow([*prefix, line, *[record[p] if p is not None else "" for p in positions]])
+        pending.append((line, record))
+        if buffer.tell() >= COPY_CHUNK_CHARS:
+            yield _checked_chunk(buffer, writer, pending, prefix, positions, result)
+            buffer, writer, pending = _fresh_buffer()
+    if pending:
+        yield _checked_chunk(buffer, writer, pending, prefix, positions, result)
+
+
+def _fresh_buffer():
+    buffer = io.StringIO()
+    return buffer, csv.writer(buffer, lineterminator="\n"), []
+
+
+def _checked_chunk(buffer, writer, pending, prefix, positions, result: LandingResult) -> str:
+    """The chunk's text, or, if some records hold bytes PostgreSQL cannot store (invalid UTF-8,
+    NUL), the chunk rebuilt without them and those records quarantined."""
+    chunk = buffer.getvalue()
+    try:
+        chunk.encode("utf-8")
+        if "\x00" not in chunk:
+            result.landed += len(pending)
+            return chunk
+    except UnicodeEncodeError:
+        pass
+    clean, clean_writer, _ = _fresh_buffer()
+    for line, record in pending:
+        joined = "".join(record)
+        try:
+            joined.encode("utf-8")
+            storable = "\x00" not in joined
+        except UnicodeEncodeError:
+            storable = False
+        if storable:
+            clean_writer.writerow(
+                [*prefix, line, *[record[p] if p is not None else "" for p in positions]]
+            )
+            result.landed += 1
+        else:
+            printable = [
+                f.encode("utf-8", "surrogateescape")
+                .decode("utf-8", "replace")
+                .replace("\x00", "\\0")
+                for f in record
+            ]
+            result.rejected.append(
+                _rejection(line, "invalid_encoding", "not valid UTF-8 text", printable)
+            )
+    return clean.getvalue()
+
+
+def _rejection(line: int, reason: str, detail: str, record: list[str]) -> dict:
+    return {"line": line, "reason": reason, "detail": detail, "raw": {"fields": record}}

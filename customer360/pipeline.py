@@ -1,0 +1,392 @@
+"""The warehouse load, batch by batch: land the CSV files in staging, check them, load the
+Data Vault, reconcile, and refresh the business views.
+
+Each step is its own transaction and is idempotent, so the Airflow DAG can run them as
+separate (retryable) tasks; ``run_batch`` runs them in order for the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from psycopg2.extras import Json
+
+from customer360.db import connect, transaction
+from customer360.errors import UserFacingError
+from customer360.landing import land_file
+from customer360.quality import ThresholdBreachedError, check_source, staging_specs
+from customer360.reconcile import reconcile_batch
+from customer360.settings import Settings, get_settings
+from customer360.sources import SOURCE_NAMES, load_source_specs
+from customer360.vault import (
+    HUB_STATEMENTS,
+    LINK_STATEMENTS,
+    SATELLITE_STATEMENTS,
+    run_statements,
+)
+
+log = logging.getLogger(__name__)
+
+# Only one batch loads at a time; the CLI holds this advisory lock for the whole run.
+BATCH_LOCK_ID = 360_002
+
+ProgressCallback = Callable[[str, dict], None]
+
+
+class ReconciliationError(UserFacingError):
+    """The vault does not hold exactly what was staged."""
+
+
+def start_batch(data_dir: Path, settings: Settings | None = None) -> int:
+    """Open a batch for the files in ``data_dir``; returns its id.
+
+    Staging rows of earlier batches are cleared, and a batch left 'running' by a crashed
+    load is closed as failed, since a new batch supersedes it.
+    """
+    specs = load_source_specs(settings)
+    for spec in specs.values():
+        path = spec.path_in(data_dir)
+        if not path.exists():
+            raise UserFacingError(f"source file {path} does not exist")
+    with transaction(settings) as cur:
+        cur.execute(
+            """
+            update audit.load_batch
+            set status = 'failed', finished_at = clock_timestamp(),
+                message = 'abandoned: a newer batch started before it finished'
+            where status = 'running'
+            """
+        )
+        for name in SOURCE_NAMES:
+            cur.execute(f"truncate staging.raw_{name}, staging.stg_{name}")
+        cur.execute(
+            """
+            insert into audit.load_batch (load_dts, data_dir)
+            values (date_trunc('milliseconds', clock_timestamp()), %s)
+            returning batch_id
+            """,
+            (str(Path(data_dir).resolve()),),
+        )
+        batch_id = cur.fetchone()[0]
+    log.info("batch %s started for %s", batch_id, data_dir)
+    return batch_id
+
+
+def load_staging(batch_id: int, source: str, settings: Settings | None = None) -> dict:
+    """COPY one source file of the batch into staging; malformed records are quarantined."""
+    started = time.perf_counter()
+    spec = load_source_specs(settings)[source]
+    with transaction(settings) as cur:
+        data_dir = _batch_data_dir(cur, batch_id)
+        cur.execute(f"delete from staging.raw_{source} where batch_id = %s", (batch_id,))
+        cur.execute(
+            "delete from audit.quarantine where batch_id = %s and source = %s"
+            " and reason in ('malformed_row', 'invalid_encoding')",
+            (batch_id, source),
+        )
+        result = land_file(cur, spec, spec.path_in(data_dir), batch_id)
+        cur.execute(f"analyze staging.raw_{source}")
+        counts = {
+            "data_rows": result.data_rows,
+            "landed": result.landed,
+            "malformed": len(result.rejected),
+        }
+        file_info = {"path": result.path, "sha256": result.sha256, "bytes": result.bytes}
+        cur.execute(
+            """
+            update audit.load_batch
+            set source_files = source_files || jsonb_build_object(%(source)s, %(file)s::jsonb),
+                row_counts = row_counts || jsonb_build_object(
+                    'landed', coalesce(row_counts -> 'landed', '{}') ||
+                              jsonb_build_object(%(source)s, %(counts)s::jsonb))
+            where batch_id = %(batch_id)s
+            """,
+            {
+                "source": source,
+                "file": json.dumps(file_info),
+                "counts": json.dumps(counts),
+                "batch_id": batch_id,
+            },
+        )
+        _record_timing(cur, batch_id, f"land_{source}", started)
+    return counts
+
+
+def check_staging(batch_id: int, settings: Settings | None = None) -> dict:
+    """Quarantine failing rows, stage the rest, and enforce the row-count thresholds.
+
+    Raises ``ThresholdBreachedError`` (after marking the batch failed) before the vault is
+    touched when a source has fewer valid rows than its minimum.
+    """
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    specs = load_source_specs(settings)
+    rules = staging_specs(specs)
+    with transaction(settings) as cur:
+        cur.execute(
+            "delete from audit.quarantine where batch_id = %s"
+            " and reason not in ('malformed_row', 'invalid_encoding')",
+            (batch_id,),
+        )
+        for name in SOURCE_NAMES:
+            cur.execute(f"delete from staging.stg_{name} where batch_id = %s", (batch_id,))
+        for name in SOURCE_NAMES:  # customers and products first: transactions refer to them
+            check_source(cur, specs[name], rules[name], batch_id)
+            # Fresh statistics keep the planner from guessing on tables filled moments ago.
+            cur.execute(f"analyze staging.stg_{name}")
+        staged = {}
+        for name in SOURCE_NAMES:
+            cur.execute(f"select count(*) from staging.stg_{name} where batch_id = %s", (batch_id,))
+            staged[name] = cur.fetchone()[0]
+        cur.execute(
+            """
+            select source, reason, disposition, count(*)
+            from audit.quarantine where batch_id = %s
+            group by source, reason, disposition order by source, reason
+            """,
+            (batch_id,),
+        )
+        quarantined: dict[str, dict[str, int]] = {}
+        for source, reason, disposition, count in cur.fetchall():
+            key = reason if disposition == "rejected" else f"{reason} (loaded, ghost-linked)"
+            quarantined.setdefault(source, {})[key] = count
+        cur.execute(
+            """
+            update audit.load_batch
+            set row_counts = row_counts || jsonb_build_object('staged', %s::jsonb,
+                                                              'quarantined', %s::jsonb)
+            where batch_id = %s
+            """,
+            (json.dumps(staged), json.dumps(quarantined), batch_id),
+        )
+        _record_timing(cur, batch_id, "quality_checks", started)
+    minimums = {
+        "customers": settings.min_customers,
+        "products": settings.min_products,
+        "transactions": settings.min_transactions,
+    }
+    breaches = [
+        f"{name}: {staged[name]:,} valid rows, at least {minimum:,} required"
+        for name, minimum in minimums.items()
+        if staged[name] < minimum
+    ]
+    if breaches:
+        message = "row-count threshold breached (" + "; ".join(breaches) + "); vault not loaded"
+        fail_batch(batch_id, message, settings)
+        raise ThresholdBreachedError(f"batch {batch_id} failed: {message}")
+    return {"staged": staged, "quarantined": quarantined}
+
+
+def load_hubs(batch_id: int, settings: Settings | None = None) -> dict[str, int]:
+    """Add the batch's new business keys to the hubs."""
+    return _load_vault(batch_id, "hubs", HUB_STATEMENTS, settings)
+
+
+def load_links(batch_id: int, settings: Settings | None = None) -> dict[str, int]:
+    """Add the batch's new relationships to the links."""
+    return _load_vault(batch_id, "links", LINK_STATEMENTS, settings)
+
+
+def load_satellites(batch_id: int, settings: Settings | None = None) -> dict[str, int]:
+    """Add a satellite row for every staged payload that differs from its key's latest one."""
+    return _load_vault(batch_id, "satellites", SATELLITE_STATEMENTS, settings)
+
+
+def reconcile(batch_id: int, settings: Settings | None = None) -> list[dict]:
+    """Check the vault against staging; raises ``ReconciliationError`` when a check fails."""
+    started = time.perf_counter()
+    with transaction(settings) as cur:
+        cur.execute(
+            "select row_counts -> 'landed' from audit.load_batch where batch_id = %s", (batch_id,)
+        )
+        landed = cur.fetchone()[0] or {}
+        data_rows = {source: counts["data_rows"] for source, counts in landed.items()}
+        results = reconcile_batch(cur, batch_id, data_rows)
+        _record_timing(cur, batch_id, "reconciliation", started)
+    failed = [r for r in results if not r["passed"]]
+    if failed:
+        detail = "; ".join(
+            f"{r['check']}: expected {r['expected']}, got {r['actual']}" for r in failed
+        )
+        fail_batch(batch_id, f"reconciliation failed: {detail}", settings)
+        raise ReconciliationError(f"batch {batch_id} reconciliation failed: {detail}")
+    return results
+
+
+def refresh_business_views(batch_id: int, settings: Settings | None = None) -> None:
+    """Rebuild the point-in-time table and the materialized business views."""
+    started = time.perf_counter()
+    with transaction(settings) as cur:
+        cur.execute("select load_dts from audit.load_batch where batch_id = %s", (batch_id,))
+        load_dts = cur.fetchone()[0]
+        cur.execute("call business_vault.refresh_business_views(%s)", (load_dts,))
+        _record_timing(cur, batch_id, "refresh_views", started)
+
+
+def finish_batch(batch_id: int, settings: Settings | None = None) -> dict:
+    """Mark the batch succeeded and store its run report; returns the report."""
+    with transaction(settings) as cur:
+        report = _build_report(cur, batch_id)
+        report["status"] = "succeeded"
+        cur.execute(
+            """
+            update audit.load_batch
+            set status = 'succeeded', finished_at = clock_timestamp(), report = %s,
+                message = 'loaded'
+            where batch_id = %s
+            """,
+            (Json(report), batch_id),
+        )
+        cur.execute(
+            "select extract(epoch from finished_at - started_at) from audit.load_batch"
+            " where batch_id = %s",
+            (batch_id,),
+        )
+        report["elapsed_seconds"] = round(float(cur.fetchone()[0]), 3)
+    return report
+
+
+def fail_batch(batch_id: int, message: str, settings: Settings | None = None) -> None:
+    """Mark the batch failed with a message; the vault keeps whatever it had before."""
+    with transaction(settings) as cur:
+        report = _build_report(cur, batch_id)
+        report["status"] = "failed"
+        cur.execute(
+            """
+            update audit.load_batch
+            set status = 'failed', finished_at = clock_timestamp(), message = %s, report = %s
+            where batch_id = %s and status <> 'succeeded'
+            """,
+            (message, Json(report), batch_id),
+        )
+
+
+def run_batch(
+    data_dir: Path, settings: Settings | None = None, progress: ProgressCallback | None = None
+) -> dict:
+    """Load the files in ``data_dir`` as one batch, end to end; returns the run report."""
+    settings = settings or get_settings()
+    notify = progress or (lambda stage, info: None)
+    lock = connect(settings)
+    try:
+        with lock.cursor() as cur:
+            cur.execute("select pg_try_advisory_lock(%s)", (BATCH_LOCK_ID,))
+            if not cur.fetchone()[0]:
+                raise UserFacingError("another batch is loading right now; try again when it ends")
+        batch_id = start_batch(Path(data_dir), settings)
+        notify("start", {"batch_id": batch_id})
+        try:
+            for source in SOURCE_NAMES:
+                notify(f"land_{source}", load_staging(batch_id, source, settings))
+            notify("quality_checks", check_staging(batch_id, settings))
+            notify("hubs", load_hubs(batch_id, settings))
+            notify("links", load_links(batch_id, settings))
+            notify("satellites", load_satellites(batch_id, settings))
+            notify("reconciliation", {"checks": len(reconcile(batch_id, settings))})
+            refresh_business_views(batch_id, settings)
+            notify("refresh_views", {})
+        except (ThresholdBreachedError, ReconciliationError):
+            raise
+        except Exception as exc:
+            fail_batch(batch_id, f"{type(exc).__name__}: {exc}", settings)
+            raise
+        return finish_batch(batch_id, settings)
+    finally:
+        lock.close()
+
+
+def batch_report(batch_id: int | None = None, settings: Settings | None = None) -> dict:
+    """The stored report of a batch (the latest one when no id is given)."""
+    with transaction(settings) as cur:
+        if batch_id is None:
+            cur.execute("select max(batch_id) from audit.load_batch")
+            batch_id = cur.fetchone()[0]
+            if batch_id is None:
+                raise UserFacingError("no batch has been loaded yet; run `c360 load`")
+        cur.execute("select status, message from audit.load_batch where batch_id = %s", (batch_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise UserFacingError(f"there is no batch {batch_id}")
+        report = _build_report(cur, batch_id)
+        report["status"], report["message"] = row
+        return report
+
+
+def _load_vault(batch_id: int, stage: str, statements: dict[str, str], settings) -> dict:
+    started = time.perf_counter()
+    with transaction(settings) as cur:
+        cur.execute(
+            "select load_dts, status from audit.load_batch where batch_id = %s", (batch_id,)
+        )
+        load_dts, status = cur.fetchone()
+        if status == "failed":
+            raise UserFacingError(f"batch {batch_id} has failed; start a new batch")
+        inserted = run_statements(cur, statements, batch_id, load_dts)
+        for table, count in inserted.items():
+            if count:
+                cur.execute(f"analyze raw_vault.{table}")
+        cur.execute(
+            """
+            update audit.load_batch
+            set row_counts = row_counts || jsonb_build_object(
+                'inserted', coalesce(row_counts -> 'inserted', '{}') || %s::jsonb)
+            where batch_id = %s
+            """,
+            (json.dumps(inserted), batch_id),
+        )
+        _record_timing(cur, batch_id, stage, started)
+    return inserted
+
+
+def _batch_data_dir(cur, batch_id: int) -> Path:
+    cur.execute("select data_dir from audit.load_batch where batch_id = %s", (batch_id,))
+    row = cur.fetchone()
+    if row is None:
+        raise UserFacingError(f"there is no batch {batch_id}")
+    return Path(row[0])
+
+
+def _record_timing(cur, batch_id: int, stage: str, started: float) -> None:
+    cur.execute(
+        """
+        update audit.load_batch
+        set stage_timings = stage_timings || jsonb_build_object(%s, %s)
+        where batch_id = %s
+        """,
+        (stage, round(time.perf_counter() - started, 3), batch_id),
+    )
+
+
+def _build_report(cur, batch_id: int) -> dict:
+    cur.execute(
+        """
+        select batch_id, load_dts, data_dir, source_files, row_counts, stage_timings
+        from audit.load_batch where batch_id = %s
+        """,
+        (batch_id,),
+    )
+    batch_id, load_dts, data_dir, files, counts, timings = cur.fetchone()
+    cur.execute(
+        """
+        select check_name, expected, actual, passed from audit.reconciliation
+        where batch_id = %s order by check_name
+        """,
+        (batch_id,),
+    )
+    checks = [
+        {"check": name, "expected": float(expected), "actual": float(actual), "passed": passed}
+        for name, expected, actual, passed in cur.fetchall()
+    ]
+    return {
+        "batch_id": batch_id,
+        "load_dts": load_dts.isoformat(),
+        "data_dir": data_dir,
+        "source_files": files,
+        "row_counts": counts,
+        "stage_timings": timings,
+        "reconciliation": checks,
+    }

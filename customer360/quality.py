@@ -1,0 +1,340 @@
+"""Staging quality checks: every landed row is either typed, hashed and staged for the vault,
+or quarantined with the reason it failed. Row-count thresholds guard the whole batch.
+
+Each source is checked by one set-based statement built from its rules below: it classifies
+every landed row (the first failing rule wins), writes the failures to ``audit.quarantine``
+and the rest, with hash keys and hashdiff computed once, to ``staging.stg_<source>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from customer360.errors import UserFacingError
+from customer360.sources import CANONICAL_ORDER, SourceSpec
+
+GHOST_KEY = "00000000-0000-0000-0000-000000000000"
+
+# Exactly the shapes the fast parsers accept: PostgreSQL's own input functions would also
+# take words such as 'now', 'NaN' or 'Infinity', which are never valid business data.
+ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
+ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+DECIMAL = r"^[+-]?(\d{1,10}(\.\d*)?|\.\d+)$"
+INTEGER = r"^[+-]?\d{1,9}$"
+
+
+class ThresholdBreachedError(UserFacingError):
+    """A source has fewer valid rows than its configured minimum; the batch fails."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A quality rule: rows for which ``failing`` is true are quarantined with ``reason``."""
+
+    reason: str
+    failing: str  # SQL over the landed row, true when the row fails
+    detail: str  # SQL text expression explaining the failure
+
+
+@dataclass(frozen=True)
+class StagingSpec:
+    """How one source's landed rows become staged rows."""
+
+    source: str
+    key_column: str
+    hash_keys: dict[str, str]  # staged hash key column -> SQL
+    rules: tuple[Rule, ...]
+    typed: dict[str, str]  # staged column -> SQL, evaluated only for passing rows
+    payload: tuple[str, ...]  # the typed columns the hashdiff covers
+
+
+def clean(column: str) -> str:
+    """A landed text column, trimmed, with empty meaning missing."""
+    return f"nullif(btrim(landed.{column}), '')"
+
+
+def _quoted(column: str) -> str:
+    return f"coalesce(quote_literal(landed.{column}), 'nothing')"
+
+
+def _date_rule(column: str, fmt: str, kind: str) -> tuple[Rule, str]:
+    value = clean(column)
+    if fmt.lower() == "iso":
+        pattern = ISO_DATE if kind == "date" else ISO_TIMESTAMP
+        pg_type = "date" if kind == "date" else "timestamptz"
+        invalid = f"({value} !~ '{pattern}' or not pg_input_is_valid({value}, '{pg_type}'))"
+        parsed = f"{value}::{pg_type}"
+    else:
+        literal = "'" + fmt.replace("'", "''") + "'"
+        parsed = f"staging.try_to_timestamp({value}, {literal})"
+        invalid = f"{parsed} is null"
+        if kind == "date":
+            parsed += "::date"
+    failing = f"{value} is not null and {invalid}"
+    if kind != "date":
+        failing = f"{value} is null or {invalid}"
+    detail = f"'{column} ' || {_quoted(column)} || ' is not a valid {kind} ({fmt})'"
+    return Rule("invalid_date", failing, detail), parsed
+
+
+def _number_rule(columns: dict[str, str], optional: tuple[str, ...] = ()) -> Rule:
+    """Rows where any listed column (column -> pattern) is missing or not a number."""
+    checks, details = [], []
+    for column, pattern in columns.items():
+        value = clean(column)
+        check = f"coalesce({value} !~ '{pattern}', true)"
+        if column in optional:
+            check = f"({value} is not null and {value} !~ '{pattern}')"
+        checks.append(check)
+        details.append(f"case when {check} then '{column} ' || {_quoted(column)} end")
+    failing = " or ".join(checks)
+    detail = f"concat_ws(', ', {', '.join(details)}) || ' is not a number'"
+    return Rule("invalid_number", failing, detail)
+
+
+def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
+    """The staging rules of each source, with the date formats its configuration gives."""
+    signup_rule, signup_date = _date_rule(
+        "signup_date", specs["customers"].formats.get("signup_date", "iso"), "date"
+    )
+    ts_rule, transaction_ts = _date_rule(
+        "transaction_ts", specs["transactions"].formats.get("transaction_ts", "iso"), "timestamp"
+    )
+    customer_text = ("first_name", "last_name", "email", "phone", "city", "state", "country")
+    return {
+        "customers": StagingSpec(
+            source="customers",
+            key_column="customer_id",
+            hash_keys={"customer_hk": "raw_vault.hash_key(landed.customer_id)"},
+            rules=(signup_rule,),
+            typed={
+                **{column: clean(column) for column in customer_text},
+                "signup_date": signup_date,
+                "customer_segment": clean("customer_segment"),
+            },
+            payload=(*customer_text, "signup_date", "customer_segment"),
+        ),
+        "products": StagingSpec(
+            source="products",
+            key_column="product_id",
+            hash_keys={"product_hk": "raw_vault.hash_key(landed.product_id)"},
+            rules=(_number_rule({"unit_price": DECIMAL, "cost": DECIMAL}),),
+            typed={
+                "product_name": clean("product_name"),
+                "category": clean("category"),
+                "brand": clean("brand"),
+                "unit_price": f"{clean('unit_price')}::numeric(12, 2)",
+                "cost": f"{clean('cost')}::numeric(12, 2)",
+            },
+            payload=("product_name", "category", "brand", "unit_price", "cost"),
+        ),
+        "transactions": StagingSpec(
+            source="transactions",
+            key_column="transaction_id",
+            hash_keys={
+                "order_hk": "raw_vault.hash_key(landed.transaction_id)",
+                "customer_hk": f"coalesce(known_customer.customer_hk, '{GHOST_KEY}')",
+                "product_hk": f"coalesce(known_product.product_hk, '{GHOST_KEY}')",
+                "customer_order_hk": "raw_vault.hash_key(case when known_customer.customer_hk"
+                " is null then '-1' else landed.customer_id end, landed.transaction_id)",
+                "order_product_hk": "raw_vault.hash_key(landed.transaction_id, case when"
+                " known_product.product_hk is null then '-1' else landed.product_id end)",
+            },
+            rules=(
+                _number_rule(
+                    {
+                        "quantity": INTEGER,
+                        "unit_price": DECIMAL,
+                        "discount": DECIMAL,
+                        "total_amount": DECIMAL,
+                    },
+                    optional=("discount",),
+                ),
+                Rule(
+                    "invalid_number",
+                    f"coalesce({clean('discount')}::numeric, 0) not between 0 and 1",
+                    f"'discount ' || {_quoted('discount')} || ' is not between 0 and 1'",
+                ),
+                ts_rule,
+                Rule(
+                    "negative_quantity",
+                    f"{clean('quantity')}::integer <= 0",
+                    f"'quantity ' || {_quoted('quantity')} || ' is not positive'",
+                ),
+            ),
+            typed={
+                "customer_id": "raw_vault.normalise_key(landed.customer_id)",
+                "product_id": "raw_vault.normalise_key(landed.product_id)",
+                "quantity": f"{clean('quantity')}::integer",
+                "unit_price": f"{clean('unit_price')}::numeric(12, 2)",
+                "discount": f"coalesce({clean('discount')}::numeric(5, 4), 0)",
+                "total_amount": f"{clean('total_amount')}::numeric(14, 2)",
+                "transaction_ts": transaction_ts,
+                "payment_method": clean("payment_method"),
+                "order_status": f"lower({clean('order_status')})",
+            },
+            payload=(
+                "quantity",
+                "unit_price",
+                "discount",
+                "total_amount",
+                "transaction_ts",
+                "payment_method",
+                "order_status",
+            ),
+        ),
+    }
+
+
+# Transactions resolve their customer and product against the hubs and this batch's staging.
+_REFERENCE_JOINS = """
+    left join (
+        select customer_hk from raw_vault.hub_customer where customer_id <> '-1'
+        union
+        select customer_hk from staging.stg_customers where batch_id = %(batch_id)s
+    ) as known_customer on known_customer.customer_hk = raw_vault.hash_key(landed.customer_id)
+    left join (
+        select product_hk from raw_vault.hub_product where product_id <> '-1'
+        union
+        select product_hk from staging.stg_products where batch_id = %(batch_id)s
+    ) as known_product on known_product.product_hk = raw_vault.hash_key(landed.product_id)
+"""
+
+
+def _as_text(column: str) -> str:
+    """A typed payload column as text; timestamps in UTC so the hashdiff ignores session zones."""
+    if column.endswith("_ts"):
+        return f"(typed.{column} at time zone 'UTC')::text"
+    return f"typed.{column}::text"
+
+
+def staging_statement(spec: StagingSpec) -> str:
+    """The one statement that quarantines failing rows and stages the rest."""
+    raw_columns = ", ".join(CANONICAL_ORDER[spec.source])
+    reasons = "\n".join(
+        f"                when {rule.failing} then '{rule.reason}'" for rule in spec.rules
+    )
+    details = "\n".join(
+        f"                       when reason = '{rule.reason}' and {rule.failing} then {rule.detail}"
+        for rule in spec.rules
+    )
+    hash_columns = list(spec.hash_keys)
+    typed_columns = list(spec.typed)
+    hashdiff = "md5(concat_ws('||', {}))::uuid".format(
+        ", ".join(f"coalesce({_as_text(column)}, '^^')" for column in spec.payload)
+    )
+    joins = _REFERENCE_JOINS if spec.source == "transactions" else ""
+    key = spec.key_column
+    return f"""
+        with landed as (
+            select raw.*,
+                   raw_vault.normalise_key(raw.{key}) as business_key,
+                   row_number() over (partition by {raw_columns} order by raw.line_number)
+                       as copy_number
+            from staging.raw_{spec.source} as raw
+            where raw.batch_id = %(batch_id)s
+        ),
+
+        classified as (
+            select landed.*,
+                   case
+                       when business_key is null then 'missing_key'
+                       when copy_number > 1 then 'duplicate_row'
+{reasons}
+                   end as reason
+            from landed
+        ),
+
+        -- Several valid rows for one key: the last line wins, earlier ones are superseded.
+        passing as (
+            select classified.*,
+                   max(line_number) over (partition by business_key) as winning_line
+            from classified
+            where reason is null
+        ),
+
+        -- The explanation is computed for failing rows only.
+        rejected as (
+            select line_number, {key} as business_key, reason,
+                   case
+                       when reason = 'missing_key' then '{key} is missing'
+                       when reason = 'duplicate_row' then 'exact copy of an earlier row'
+{details}
+                   end as detail
+            from classified as landed
+            where reason is not null
+            union all
+            select line_number, {key}, 'duplicate_key', 'superseded by line ' || winning_line
+            from passing
+            where line_number <> winning_line
+        ),
+
+        quarantined as (
+            insert into audit.quarantine
+                (batch_id, source, source_file, line_number, business_key, reason, detail, raw_row)
+            select raw.batch_id, '{spec.source}', raw.source_file, raw.line_number,
+                   rejected.business_key, rejected.reason, rejected.detail,
+                   to_jsonb(raw) - 'batch_id' - 'source_file' - 'line_number'
+            from rejected
+            join staging.raw_{spec.source} as raw
+                on raw.batch_id = %(batch_id)s and raw.line_number = rejected.line_number
+            returning 1
+        ),
+
+        typed as (
+            select landed.line_number,
+                   landed.business_key,
+                   {", ".join(f"{sql} as {column}" for column, sql in spec.hash_keys.items())},
+                   {", ".join(f"{sql} as {column}" for column, sql in spec.typed.items())}
+            from passing as landed
+            {joins}
+            where landed.line_number = landed.winning_line
+        )
+
+        insert into staging.stg_{spec.source} (
+            batch_id, line_number, record_source, {", ".join(hash_columns)}, hashdiff,
+            {key if spec.source != "transactions" else "order_id"}, {", ".join(typed_columns)}
+        )
+        select %(batch_id)s, typed.line_number, %(record_source)s,
+               {", ".join(f"typed.{c}" for c in hash_columns)}, {hashdiff},
+               typed.business_key, {", ".join(f"typed.{c}" for c in typed_columns)}
+        from typed
+    """
+
+
+# Transactions that loaded against a ghost record are listed in the quarantine too, so a
+# report shows them; they are loaded ('ghost_linked'), not rejected.
+GHOST_LINKED_STATEMENT = f"""
+    insert into audit.quarantine
+        (batch_id, source, source_file, line_number, business_key, reason, detail,
+         disposition, raw_row)
+    select stg.batch_id, 'transactions', raw.source_file, stg.line_number, stg.order_id,
+           case when stg.customer_hk = '{GHOST_KEY}' then 'unknown_customer'
+                else 'unknown_product' end,
+           concat_ws('; ',
+               case when stg.customer_hk = '{GHOST_KEY}'
+                    then 'customer ' || coalesce(quote_literal(raw.customer_id), 'nothing')
+                         || ' is not in the customer hub' end,
+               case when stg.product_hk = '{GHOST_KEY}'
+                    then 'product ' || coalesce(quote_literal(raw.product_id), 'nothing')
+                         || ' is not in the product hub' end)
+           || '; linked to the ghost record',
+           'ghost_linked',
+           to_jsonb(raw) - 'batch_id' - 'source_file' - 'line_number'
+    from staging.stg_transactions as stg
+    join staging.raw_transactions as raw
+        on raw.batch_id = stg.batch_id and raw.line_number = stg.line_number
+    where stg.batch_id = %(batch_id)s
+      and (stg.customer_hk = '{GHOST_KEY}' or stg.product_hk = '{GHOST_KEY}')
+"""
+
+
+def check_source(cursor, spec: SourceSpec, staging_spec: StagingSpec, batch_id: int) -> None:
+    """Run one source's quality checks for a batch (customers and products before transactions)."""
+    cursor.execute("set local timezone = %s", (spec.timezone,))
+    cursor.execute(
+        staging_statement(staging_spec),
+        {"batch_id": batch_id, "record_source": spec.record_source},
+    )
+    if spec.name == "transactions":
+        cursor.execute(GHOST_LINKED_STATEMENT, {"batch_id": batch_id})

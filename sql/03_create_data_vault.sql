@@ -1,0 +1,101 @@
+-- The raw Data Vault 2.0: hubs hold business keys, links hold relationships, satellites hold
+-- descriptive attributes and their full history. Every table is insert-only; every row
+-- carries the batch's load_dts and the record_source it came from.
+
+-- Hubs: one row per business key ever seen.
+create table if not exists raw_vault.hub_customer (
+    customer_hk   uuid    primary key,
+    customer_id   text        not null,
+    load_dts      timestamptz not null,
+    record_source text        not null
+);
+
+create table if not exists raw_vault.hub_product (
+    product_hk    uuid    primary key,
+    product_id    text        not null,
+    load_dts      timestamptz not null,
+    record_source text        not null
+);
+
+-- One order per transaction.
+create table if not exists raw_vault.hub_order (
+    order_hk      uuid    primary key,
+    order_id      text        not null,
+    load_dts      timestamptz not null,
+    record_source text        not null
+);
+
+-- Links: one row per relationship ever seen. Like the satellites they carry no foreign
+-- keys: the load order (hubs first) and the post-load reconciliation guarantee that every
+-- hash key points at a hub row, without a per-row trigger check on every insert.
+create table if not exists raw_vault.link_customer_order (
+    customer_order_hk uuid    primary key,
+    customer_hk       uuid    not null,
+    order_hk          uuid    not null,
+    load_dts          timestamptz not null,
+    record_source     text        not null
+);
+
+create table if not exists raw_vault.link_order_product (
+    order_product_hk uuid    primary key,
+    order_hk         uuid    not null,
+    product_hk       uuid    not null,
+    load_dts         timestamptz not null,
+    record_source    text        not null
+);
+
+-- Satellites: a row is added only when the hashdiff of the payload changes.
+create table if not exists raw_vault.sat_customer_details (
+    customer_hk      uuid    not null,
+    load_dts         timestamptz not null,
+    hashdiff         uuid    not null,
+    record_source    text        not null,
+    first_name       text,
+    last_name        text,
+    email            text,
+    phone            text,
+    city             text,
+    state            text,
+    country          text,
+    signup_date      date,
+    customer_segment text,
+    primary key (customer_hk, load_dts)
+);
+
+create table if not exists raw_vault.sat_product_details (
+    product_hk    uuid    not null,
+    load_dts      timestamptz not null,
+    hashdiff      uuid    not null,
+    record_source text        not null,
+    product_name  text,
+    category      text,
+    brand         text,
+    unit_price    numeric(12, 2),
+    cost          numeric(12, 2),
+    primary key (product_hk, load_dts)
+);
+
+create table if not exists raw_vault.sat_order_details (
+    order_hk       uuid    not null,
+    load_dts       timestamptz not null,
+    hashdiff       uuid    not null,
+    record_source  text        not null,
+    quantity       integer,
+    unit_price     numeric(12, 2),
+    discount       numeric(5, 4),
+    total_amount   numeric(14, 2),
+    transaction_ts timestamptz,
+    payment_method text,
+    order_status   text,
+    primary key (order_hk, load_dts)
+);
+
+-- Ghost records: transactions naming an unknown customer or product link here, so they
+-- load (and are counted in audit.quarantine as 'ghost_linked') instead of being dropped.
+insert into raw_vault.hub_customer (customer_hk, customer_id, load_dts, record_source)
+values ('00000000-0000-0000-0000-000000000000', '-1', '1900-01-01 00:00:00+00', 'SYSTEM')
+on conflict (customer_hk) do nothing;
+
+insert into raw_vault.hub_product (product_hk, product_id, load_dts, record_source)
+values ('00000000-0000-0000-0000-000000000000', '-1', '1900-01-01 00:00:00+00', 'SYSTEM')
+on conflict (product_hk) do nothing;

@@ -1,0 +1,336 @@
+-- The business vault: history views over the satellites, the point-in-time table and the
+-- business views the API and BI tools read. Everything here is derived from the raw vault,
+-- so this file drops and rebuilds its objects and is safe to apply again at any time.
+-- Revenue figures count orders whose current status is not cancelled or returned;
+-- order counts and first/last order dates count every order.
+
+drop materialized view if exists business_vault.mv_product_analytics cascade;
+drop materialized view if exists business_vault.mv_customer_360 cascade;
+drop materialized view if exists business_vault.mv_order_analytics cascade;
+drop view if exists business_vault.vw_customer_history cascade;
+drop view if exists business_vault.vw_product_history cascade;
+drop view if exists business_vault.vw_order_history cascade;
+
+-- History of each customer's attributes: one row per satellite version, end-dated by the
+-- next version (the end date and is-current flag are derived here, never stored).
+create view business_vault.vw_customer_history as
+select
+    hub.customer_id,
+    sat.load_dts                                                               as valid_from,
+    lead(sat.load_dts) over (partition by sat.customer_hk order by sat.load_dts) as valid_to,
+    lead(sat.load_dts) over (partition by sat.customer_hk order by sat.load_dts) is null
+                                                                               as is_current,
+    sat.first_name,
+    sat.last_name,
+    sat.email,
+    sat.phone,
+    sat.city,
+    sat.state,
+    sat.country,
+    sat.signup_date,
+    sat.customer_segment,
+    sat.record_source,
+    sat.hashdiff
+from raw_vault.sat_customer_details as sat
+join raw_vault.hub_customer as hub using (customer_hk);
+
+-- History of each product's attributes.
+create view business_vault.vw_product_history as
+select
+    hub.product_id,
+    sat.load_dts                                                              as valid_from,
+    lead(sat.load_dts) over (partition by sat.product_hk order by sat.load_dts) as valid_to,
+    lead(sat.load_dts) over (partition by sat.product_hk order by sat.load_dts) is null
+                                                                              as is_current,
+    sat.product_name,
+    sat.category,
+    sat.brand,
+    sat.unit_price,
+    sat.cost,
+    sat.record_source,
+    sat.hashdiff
+from raw_vault.sat_product_details as sat
+join raw_vault.hub_product as hub using (product_hk);
+
+-- History of each order's details (status changes, corrections).
+create view business_vault.vw_order_history as
+select
+    hub.order_id,
+    sat.load_dts                                                            as valid_from,
+    lead(sat.load_dts) over (partition by sat.order_hk order by sat.load_dts) as valid_to,
+    lead(sat.load_dts) over (partition by sat.order_hk order by sat.load_dts) is null
+                                                                            as is_current,
+    sat.quantity,
+    sat.unit_price,
+    sat.discount,
+    sat.total_amount,
+    sat.transaction_ts,
+    sat.payment_method,
+    sat.order_status,
+    sat.record_source,
+    sat.hashdiff
+from raw_vault.sat_order_details as sat
+join raw_vault.hub_order as hub using (order_hk);
+
+-- Point-in-time table: for every customer, the load_dts of its current satellite row as of
+-- the latest snapshot, so the 360 view joins by equality instead of searching the history.
+create table if not exists business_vault.pit_customer (
+    customer_hk                   uuid    primary key,
+    snapshot_dts                  timestamptz not null,
+    sat_customer_details_load_dts timestamptz not null
+);
+
+-- Each order with its current details, its customer and its product (current attributes).
+create materialized view business_vault.mv_order_analytics as
+with current_order_details as (
+    select distinct on (order_hk) *
+    from raw_vault.sat_order_details
+    order by order_hk, load_dts desc
+),
+
+-- An order links to its real customer once one is known, otherwise to the ghost record.
+order_customer as (
+    select distinct on (order_hk) order_hk, customer_hk
+    from raw_vault.link_customer_order
+    order by order_hk, customer_hk = '00000000-0000-0000-0000-000000000000', load_dts desc
+),
+
+order_product as (
+    select distinct on (order_hk) order_hk, product_hk
+    from raw_vault.link_order_product
+    order by order_hk, product_hk = '00000000-0000-0000-0000-000000000000', load_dts desc
+),
+
+current_customer as (
+    select sat.*
+    from business_vault.pit_customer as pit
+    join raw_vault.sat_customer_details as sat
+        on sat.customer_hk = pit.customer_hk
+        and sat.load_dts = pit.sat_customer_details_load_dts
+),
+
+current_product as (
+    select distinct on (product_hk) *
+    from raw_vault.sat_product_details
+    order by product_hk, load_dts desc
+)
+
+select
+    hub_order.order_id,
+    details.transaction_ts,
+    (details.transaction_ts at time zone 'UTC')::date                        as order_date,
+    details.order_status,
+    details.payment_method,
+    details.quantity,
+    details.unit_price,
+    details.discount,
+    details.total_amount,
+    nullif(hub_customer.customer_id, '-1')                                   as customer_id,
+    nullif(concat_ws(' ', customer.first_name, customer.last_name), '')      as customer_name,
+    customer.email                                                           as customer_email,
+    customer.city                                                            as customer_city,
+    customer.country                                                         as customer_country,
+    customer.customer_segment,
+    nullif(hub_product.product_id, '-1')                                     as product_id,
+    product.product_name,
+    product.category,
+    product.brand,
+    product.cost                                                             as product_cost,
+    details.order_status not in ('cancelled', 'returned')                    as is_revenue,
+    hub_order.order_hk,
+    order_customer.customer_hk,
+    order_product.product_hk
+from raw_vault.hub_order as hub_order
+join current_order_details as details using (order_hk)
+join order_customer using (order_hk)
+join order_product using (order_hk)
+join raw_vault.hub_customer as hub_customer using (customer_hk)
+join raw_vault.hub_product as hub_product using (product_hk)
+left join current_customer as customer using (customer_hk)
+left join current_product as product using (product_hk);
+
+create unique index mv_order_analytics_order_idx
+    on business_vault.mv_order_analytics (order_id);
+create index mv_order_analytics_customer_idx
+    on business_vault.mv_order_analytics (customer_id, transaction_ts desc, order_id desc);
+create index mv_order_analytics_ts_idx
+    on business_vault.mv_order_analytics (transaction_ts desc, order_id desc);
+create index mv_order_analytics_status_idx
+    on business_vault.mv_order_analytics (order_status, transaction_ts desc);
+
+-- The customer 360 profile: current attributes plus order metrics and an RFM segment.
+create materialized view business_vault.mv_customer_360 as
+with current_customer as (
+    select hub.customer_id, sat.*
+    from business_vault.pit_customer as pit
+    join raw_vault.hub_customer as hub using (customer_hk)
+    join raw_vault.sat_customer_details as sat
+        on sat.customer_hk = pit.customer_hk
+        and sat.load_dts = pit.sat_customer_details_load_dts
+),
+
+order_metrics as (
+    select
+        customer_hk,
+        count(*)                                       as order_count,
+        count(*) filter (where is_revenue)             as revenue_order_count,
+        coalesce(sum(total_amount) filter (where is_revenue), 0) as lifetime_value,
+        min(order_date)                                as first_order_date,
+        max(order_date)                                as last_order_date,
+        max(order_date) filter (where is_revenue)      as last_revenue_order_date
+    from business_vault.mv_order_analytics
+    where customer_id is not null
+    group by customer_hk
+),
+
+-- The category the customer bought most units of; ties go to the first name alphabetically.
+favourite_category as (
+    select distinct on (customer_hk) customer_hk, category
+    from (
+        select customer_hk, category, sum(quantity) as units
+        from business_vault.mv_order_analytics
+        where is_revenue and customer_id is not null and category is not null
+        group by customer_hk, category
+    ) as units_per_category
+    order by customer_hk, units desc, category
+),
+
+-- Quintile scores among customers with revenue; 5 is best. Ties break on customer_id so
+-- the scores are deterministic.
+rfm_scores as (
+    select
+        metrics.customer_hk,
+        ntile(5) over (order by metrics.last_revenue_order_date, hub.customer_id) as recency_score,
+        ntile(5) over (order by metrics.revenue_order_count, hub.customer_id)     as frequency_score,
+        ntile(5) over (order by metrics.lifetime_value, hub.customer_id)          as monetary_score
+    from order_metrics as metrics
+    join raw_vault.hub_customer as hub using (customer_hk)
+    where metrics.revenue_order_count > 0
+)
+
+select
+    customer.customer_id,
+    customer.first_name,
+    customer.last_name,
+    concat_ws(' ', customer.first_name, customer.last_name)          as full_name,
+    customer.email,
+    customer.phone,
+    customer.city,
+    customer.state,
+    customer.country,
+    customer.signup_date,
+    customer.customer_segment,
+    customer.record_source,
+    customer.load_dts                                                as profile_updated_at,
+    coalesce(metrics.order_count, 0)::integer                        as order_count,
+    coalesce(metrics.lifetime_value, 0)::numeric(14, 2)              as lifetime_value,
+    round(metrics.lifetime_value / nullif(metrics.revenue_order_count, 0), 2)::numeric(14, 2)
+                                                                     as avg_order_value,
+    metrics.first_order_date,
+    metrics.last_order_date,
+    favourite.category                                               as favourite_category,
+    rfm.recency_score::integer                                       as rfm_recency_score,
+    rfm.frequency_score::integer                                     as rfm_frequency_score,
+    rfm.monetary_score::integer                                      as rfm_monetary_score,
+    case
+        when rfm.customer_hk is null then 'No Purchases'
+        when rfm.recency_score >= 4 and rfm.frequency_score >= 4 then 'Champions'
+        when rfm.frequency_score >= 4 then 'Loyal Customers'
+        when rfm.recency_score >= 4 and rfm.frequency_score <= 2 then 'New Customers'
+        when rfm.recency_score <= 2 and rfm.frequency_score >= 3 then 'At Risk'
+        when rfm.recency_score <= 2 and rfm.frequency_score <= 2 then 'Hibernating'
+        else 'Potential Loyalists'
+    end                                                              as rfm_segment,
+    customer.customer_hk
+from current_customer as customer
+left join order_metrics as metrics using (customer_hk)
+left join favourite_category as favourite using (customer_hk)
+left join rfm_scores as rfm using (customer_hk);
+
+create unique index mv_customer_360_customer_idx
+    on business_vault.mv_customer_360 (customer_id);
+create index mv_customer_360_value_idx
+    on business_vault.mv_customer_360 (lifetime_value desc, customer_id);
+create index mv_customer_360_last_order_idx
+    on business_vault.mv_customer_360 (last_order_date desc nulls last, customer_id);
+create index mv_customer_360_country_idx
+    on business_vault.mv_customer_360 (country, customer_id);
+create index mv_customer_360_segment_idx
+    on business_vault.mv_customer_360 (customer_segment, customer_id);
+create index mv_customer_360_email_prefix_idx
+    on business_vault.mv_customer_360 (lower(email) text_pattern_ops);
+create index mv_customer_360_name_prefix_idx
+    on business_vault.mv_customer_360 (lower(full_name) text_pattern_ops);
+create index mv_customer_360_last_name_prefix_idx
+    on business_vault.mv_customer_360 (lower(last_name) text_pattern_ops);
+
+-- Product performance: units, revenue and margin (at current cost) from revenue orders.
+create materialized view business_vault.mv_product_analytics as
+with current_product as (
+    select distinct on (sat.product_hk) hub.product_id, sat.*
+    from raw_vault.sat_product_details as sat
+    join raw_vault.hub_product as hub using (product_hk)
+    order by sat.product_hk, sat.load_dts desc
+),
+
+sales as (
+    select
+        product_hk,
+        sum(quantity)                                         as units_sold,
+        sum(total_amount)                                     as revenue,
+        count(*)                                              as order_count,
+        count(distinct customer_hk) filter (where customer_id is not null) as distinct_customers
+    from business_vault.mv_order_analytics
+    where is_revenue
+    group by product_hk
+)
+
+select
+    product.product_id,
+    product.product_name,
+    product.category,
+    product.brand,
+    product.unit_price,
+    product.cost,
+    coalesce(sales.units_sold, 0)::bigint                                   as units_sold,
+    coalesce(sales.revenue, 0)::numeric(14, 2)                              as revenue,
+    (coalesce(sales.revenue, 0) - coalesce(sales.units_sold, 0) * product.cost)::numeric(14, 2)
+                                                                            as margin,
+    coalesce(sales.order_count, 0)::integer                                 as order_count,
+    coalesce(sales.distinct_customers, 0)::integer                          as distinct_customers,
+    rank() over (partition by product.category order by coalesce(sales.revenue, 0) desc)::integer
+                                                                            as category_rank,
+    product.product_hk
+from current_product as product
+left join sales using (product_hk);
+
+create unique index mv_product_analytics_product_idx
+    on business_vault.mv_product_analytics (product_id);
+create index mv_product_analytics_category_idx
+    on business_vault.mv_product_analytics (category, revenue desc, product_id);
+create index mv_product_analytics_revenue_idx
+    on business_vault.mv_product_analytics (revenue desc, product_id);
+create index mv_product_analytics_units_idx
+    on business_vault.mv_product_analytics (units_sold desc, product_id);
+
+-- The business views: stable names for psql, BI tools and the API.
+create view business_vault.vw_customer_360 as
+select
+    customer_id, first_name, last_name, full_name, email, phone, city, state, country,
+    signup_date, customer_segment, record_source, profile_updated_at, order_count,
+    lifetime_value, avg_order_value, first_order_date, last_order_date, favourite_category,
+    rfm_recency_score, rfm_frequency_score, rfm_monetary_score, rfm_segment
+from business_vault.mv_customer_360;
+
+create view business_vault.vw_product_analytics as
+select
+    product_id, product_name, category, brand, unit_price, cost, units_sold, revenue, margin,
+    order_count, distinct_customers, category_rank
+from business_vault.mv_product_analytics;
+
+create view business_vault.vw_order_analytics as
+select
+    order_id, transaction_ts, order_date, order_status, payment_method, quantity, unit_price,
+    discount, total_amount, customer_id, customer_name, customer_email, customer_city,
+    customer_country, customer_segment, product_id, product_name, category, brand
+from business_vault.mv_order_analytics;

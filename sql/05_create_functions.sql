@@ -1,0 +1,63 @@
+-- Functions shared by the loader and the business layer.
+
+-- The hash key of a business key: MD5 of the normalised key (trimmed, upper-cased, empty
+-- means missing), with '||' between the parts of a composite key, stored as the 16 bytes
+-- of a uuid (half the size of the hex text, and compared as fixed-width binary). A missing part gives
+-- null, which the quality checks reject. Written as plain SQL expressions so PostgreSQL
+-- inlines them into the set-based staging statement.
+create or replace function raw_vault.hash_key(key_part text)
+returns uuid
+language sql immutable parallel safe
+as $$
+    select md5(nullif(upper(btrim(key_part)), ''))::uuid
+$$;
+
+create or replace function raw_vault.hash_key(key_part_1 text, key_part_2 text)
+returns uuid
+language sql immutable parallel safe
+as $$
+    select md5(nullif(upper(btrim(key_part_1)), '') || '||' || nullif(upper(btrim(key_part_2)), ''))::uuid
+$$;
+
+-- The normalised form of a business key, as stored in the hubs.
+create or replace function raw_vault.normalise_key(key_part text)
+returns text
+language sql immutable parallel safe
+as $$
+    select nullif(upper(btrim(key_part)), '')
+$$;
+
+-- Rebuild the point-in-time table and the materialized business views after a load.
+create or replace procedure business_vault.refresh_business_views(snapshot timestamptz)
+language plpgsql
+as $$
+begin
+    delete from business_vault.pit_customer;
+    insert into business_vault.pit_customer (customer_hk, snapshot_dts, sat_customer_details_load_dts)
+    select customer_hk, snapshot, max(load_dts)
+    from raw_vault.sat_customer_details
+    where load_dts <= snapshot
+    group by customer_hk;
+
+    refresh materialized view business_vault.mv_order_analytics;
+    refresh materialized view business_vault.mv_customer_360;
+    refresh materialized view business_vault.mv_product_analytics;
+    analyze business_vault.pit_customer;
+    analyze business_vault.mv_order_analytics;
+    analyze business_vault.mv_customer_360;
+    analyze business_vault.mv_product_analytics;
+end;
+$$;
+
+-- Parse a timestamp in a user-configured format (PostgreSQL to_timestamp pattern); null when
+-- the text does not fit. Only used for non-ISO formats: ISO input takes the faster path.
+create or replace function staging.try_to_timestamp(value text, format text)
+returns timestamptz
+language plpgsql immutable parallel safe
+as $$
+begin
+    return to_timestamp(value, format);
+exception when others then
+    return null;
+end;
+$$;

@@ -1,0 +1,239 @@
+"""The warehouse load end to end on a real PostgreSQL: counts, quarantine, idempotence,
+history, thresholds and reconciliation, each checked against the CSV files themselves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from customer360.generator import generate_dataset, generate_next_day
+from customer360.pipeline import run_batch
+from customer360.quality import ThresholdBreachedError
+from tests.expected import GHOST_ID, expected_after_next_day, expected_warehouse, normalise
+
+VAULT_TABLES = (
+    "hub_customer", "hub_product", "hub_order", "link_customer_order", "link_order_product",
+    "sat_customer_details", "sat_product_details", "sat_order_details",
+)
+
+
+def vault_counts(settings) -> dict[str, int]:
+    conn = psycopg2.connect(settings.dsn)
+    with conn.cursor() as cur:
+        counts = {}
+        for table in VAULT_TABLES:
+            cur.execute(f"select count(*) from raw_vault.{table}")
+            counts[table] = cur.fetchone()[0]
+    conn.close()
+    return counts
+
+
+def vault_fingerprint(settings) -> dict[str, str]:
+    """An md5 of every vault table's full content, to prove nothing changed."""
+    conn = psycopg2.connect(settings.dsn)
+    with conn.cursor() as cur:
+        prints = {}
+        for table in VAULT_TABLES:
+            cur.execute(
+                f"select md5(coalesce(string_agg(t::text, '|' order by t::text), ''))"
+                f" from raw_vault.{table} as t"
+            )
+            prints[table] = cur.fetchone()[0]
+    conn.close()
+    return prints
+
+
+def query(settings, sql: str, params=None) -> list[tuple]:
+    conn = psycopg2.connect(settings.dsn)
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+@pytest.fixture
+def small_database(make_database):
+    """A fresh database whose thresholds suit the small data set's next-day delta."""
+    return make_database().model_copy(
+        update={"min_customers": 100, "min_products": 10, "min_transactions": 100}
+    )
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> tuple[Path, Path]:
+    """A small day-1 data set and its next-day delivery."""
+    base = tmp_path_factory.mktemp("day1")
+    generate_dataset(base, customers=1500, products=300, transactions=4000, seed=7)
+    next_day = tmp_path_factory.mktemp("day2")
+    generate_next_day(base, next_day, seed=7)
+    return base, next_day
+
+
+def test_full_load_puts_every_clean_row_in_the_vault(loaded_warehouse, demo_data_dir):
+    expected = expected_warehouse(demo_data_dir)
+    ghost_customer_orders = sum(1 for o in expected.orders.values() if o["customer_key"] == GHOST_ID)
+    assert ghost_customer_orders > 0  # the demo data exercises the ghost record
+
+    counts = vault_counts(loaded_warehouse)
+
+    assert counts["hub_customer"] == len(expected.customers) + 1  # plus the ghost record
+    assert counts["hub_product"] == len(expected.products) + 1
+    assert counts["hub_order"] == len(expected.orders)
+    assert counts["link_customer_order"] == len(expected.orders)
+    assert counts["link_order_product"] == len(expected.orders)
+    assert counts["sat_customer_details"] == len(expected.customers)
+    assert counts["sat_product_details"] == len(expected.products)
+    assert counts["sat_order_details"] == len(expected.orders)
+    hub_ids = {row[0] for row in query(loaded_warehouse, "select customer_id from raw_vault.hub_customer")}
+    assert hub_ids == set(expected.customers) | {GHOST_ID}
+
+
+def test_every_dirty_row_is_quarantined_with_its_reason(loaded_warehouse, demo_data_dir):
+    expected = expected_warehouse(demo_data_dir)
+    for file_name in ("customers.csv", "products.csv", "transactions.csv"):
+        rejected = set(query(
+            loaded_warehouse,
+            "select line_number, reason from audit.quarantine"
+            " where batch_id = 1 and source_file = %s and disposition = 'rejected'",
+            (file_name,),
+        ))
+        ghost_linked = set(query(
+            loaded_warehouse,
+            "select line_number, reason from audit.quarantine"
+            " where batch_id = 1 and source_file = %s and disposition = 'ghost_linked'",
+            (file_name,),
+        ))
+        assert rejected == expected.rejected[file_name], file_name
+        assert ghost_linked == expected.ghost_linked[file_name], file_name
+
+
+def test_quarantined_rows_keep_the_raw_values(loaded_warehouse, demo_data_dir):
+    manifest = json.loads((demo_data_dir / "dirty_rows.json").read_text())
+    entry = next(e for e in manifest["dirty_rows"]
+                 if e["file"] == "transactions.csv" and e["kind"] == "negative_quantity")
+    lines = (demo_data_dir / "transactions.csv").read_text(encoding="utf-8").splitlines()
+    raw_fields = lines[entry["line"] - 1].split(",")
+    (raw_row,) = query(
+        loaded_warehouse,
+        "select raw_row from audit.quarantine where batch_id = 1"
+        " and source_file = 'transactions.csv' and line_number = %s",
+        (entry["line"],),
+    )[0]
+    assert raw_row["transaction_id"] == raw_fields[0]
+    assert raw_row["quantity"] == raw_fields[3]
+    assert int(raw_fields[3]) <= 0
+
+
+def test_batch_records_checksums_counts_and_reconciliation(loaded_warehouse, demo_data_dir):
+    import hashlib
+
+    (files, counts, status), = query(
+        loaded_warehouse,
+        "select source_files, row_counts, status from audit.load_batch where batch_id = 1",
+    )
+    assert status == "succeeded"
+    for source in ("customers", "products", "transactions"):
+        content = (demo_data_dir / f"{source}.csv").read_bytes()
+        assert files[source]["sha256"] == hashlib.sha256(content).hexdigest()
+        assert counts["landed"][source]["data_rows"] == content.count(b"\n") - 1
+    checks = query(loaded_warehouse,
+                   "select check_name, passed from audit.reconciliation where batch_id = 1")
+    assert len(checks) >= 10
+    assert all(passed for _, passed in checks)
+
+
+def test_reloading_the_same_files_adds_nothing(small_database, small_data):
+    settings = small_database
+    base, _ = small_data
+    run_batch(base, settings)
+    before = vault_fingerprint(settings)
+
+    report = run_batch(base, settings)
+
+    assert vault_fingerprint(settings) == before
+    assert set(report["row_counts"]["inserted"].values()) == {0}
+
+
+def test_next_day_snapshot_adds_exactly_the_changes(small_database, small_data):
+    settings = small_database
+    base, next_day = small_data
+    changes = json.loads((next_day / "changes.json").read_text())
+    run_batch(base, settings)
+    before = vault_counts(settings)
+
+    run_batch(next_day, settings)
+
+    after = vault_counts(settings)
+    added = {table: after[table] - before[table] for table in VAULT_TABLES}
+    assert added["hub_customer"] == len(changes["new_customer_ids"])
+    assert added["sat_customer_details"] == (
+        len(changes["changed_customer_ids"]) + len(changes["new_customer_ids"])
+    )
+    assert added["hub_product"] == 0
+    assert added["sat_product_details"] == len(changes["changed_product_ids"])
+    assert added["hub_order"] == len(changes["new_order_ids"])
+    assert added["sat_order_details"] == (
+        len(changes["changed_order_ids"]) + len(changes["new_order_ids"])
+    )
+    assert added["link_customer_order"] == len(changes["new_order_ids"])
+    # The history view shows both versions of a changed customer, the old one end-dated.
+    expected_now = expected_after_next_day(expected_warehouse(base), next_day)
+    changed = changes["changed_customer_ids"][0]
+    history = query(
+        settings,
+        "select city, customer_segment, email, is_current, valid_to is null"
+        " from business_vault.vw_customer_history where customer_id = %s order by valid_from",
+        (changed,),
+    )
+    assert len(history) == 2
+    assert history[0][3:] == (False, False)
+    assert history[1][3:] == (True, True)
+    current = expected_now.customers[normalise(changed)]
+    assert history[1][:3] == (current["city"], current["customer_segment"], current["email"])
+    assert history[0][:3] != history[1][:3]
+
+
+def test_next_day_updates_the_business_views(small_database, small_data):
+    settings = small_database
+    base, next_day = small_data
+    changes = json.loads((next_day / "changes.json").read_text())
+    run_batch(base, settings)
+    run_batch(next_day, settings)
+    expected = expected_after_next_day(expected_warehouse(base), next_day)
+
+    order_id = changes["changed_order_ids"][0]
+    (status,), = query(settings,
+                       "select order_status from business_vault.vw_order_analytics"
+                       " where order_id = %s", (order_id,))
+    assert status == expected.orders[order_id]["order_status"]
+    product_id = changes["changed_product_ids"][0]
+    (price,), = query(settings,
+                      "select unit_price from business_vault.vw_product_analytics"
+                      " where product_id = %s", (product_id,))
+    assert str(price) == expected.products[product_id]["unit_price"]
+    (customers,), = query(settings, "select count(*) from business_vault.vw_customer_360")
+    assert customers == len(expected.customers)
+
+
+def test_a_breached_threshold_fails_the_batch_and_leaves_the_vault_unchanged(
+    small_database, small_data
+):
+    settings = small_database
+    base, next_day = small_data
+    run_batch(base, settings)
+    before = vault_fingerprint(settings)
+    strict = settings.model_copy(update={"min_transactions": 1_000_000})
+
+    with pytest.raises(ThresholdBreachedError, match="transactions"):
+        run_batch(next_day, strict)
+
+    assert vault_fingerprint(settings) == before
+    (status, message), = query(
+        settings, "select status, message from audit.load_batch order by batch_id desc limit 1"
+    )
+    assert status == "failed"
+    assert "at least 1,000,000 required" in message
