@@ -8,7 +8,7 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 GHOST_ID = "-1"
@@ -115,7 +115,7 @@ def customer_metrics(expected: ExpectedWarehouse) -> dict[str, dict]:
                 m["units"][category] += order["quantity_int"]
     for key, m in metrics.items():
         m["avg_order_value"] = (
-            (m["lifetime_value"] / m["revenue_orders"]).quantize(Decimal("0.01"))
+            (m["lifetime_value"] / m["revenue_orders"]).quantize(Decimal("0.01"), ROUND_HALF_UP)
             if m["revenue_orders"] else None
         )
         m["favourite_category"] = (
