@@ -1,30 +1,31 @@
 -- Functions shared by the loader and the business layer.
 
--- The hash key of a business key: MD5 of the normalised key (trimmed, upper-cased, empty
--- means missing), with '||' between the parts of a composite key, stored as the 16 bytes
--- of a uuid (half the size of the hex text, and compared as fixed-width binary). A missing part gives
--- null, which the quality checks reject. Written as plain SQL expressions so PostgreSQL
--- inlines them into the set-based staging statement.
+-- The normalised form of a business key, as stored in the hubs: trimmed of spaces, tabs and
+-- line breaks, upper-cased with full Unicode case mapping whatever the database locale (the
+-- pg_unicode_fast collation needs PostgreSQL 18 or later), empty meaning missing.
+create or replace function raw_vault.normalise_key(key_part text)
+returns text
+language sql immutable parallel safe
+as $$
+    select nullif(upper(btrim(key_part, E' \t\r\n') collate pg_unicode_fast), '')
+$$;
+
+-- The hash key of a business key: MD5 of the normalised key, with '||' between the parts of
+-- a composite key, stored as the 16 bytes of a uuid (half the size of the hex text, and
+-- compared as fixed-width binary). A missing part gives null, which the quality checks
+-- reject. Plain SQL expressions, so PostgreSQL inlines them into the staging statement.
 create or replace function raw_vault.hash_key(key_part text)
 returns uuid
 language sql immutable parallel safe
 as $$
-    select md5(nullif(upper(btrim(key_part)), ''))::uuid
+    select md5(raw_vault.normalise_key(key_part))::uuid
 $$;
 
 create or replace function raw_vault.hash_key(key_part_1 text, key_part_2 text)
 returns uuid
 language sql immutable parallel safe
 as $$
-    select md5(nullif(upper(btrim(key_part_1)), '') || '||' || nullif(upper(btrim(key_part_2)), ''))::uuid
-$$;
-
--- The normalised form of a business key, as stored in the hubs.
-create or replace function raw_vault.normalise_key(key_part text)
-returns text
-language sql immutable parallel safe
-as $$
-    select nullif(upper(btrim(key_part)), '')
+    select md5(raw_vault.normalise_key(key_part_1) || '||' || raw_vault.normalise_key(key_part_2))::uuid
 $$;
 
 -- Rebuild the point-in-time table and the materialized business views after a load.

@@ -20,7 +20,7 @@ def normalise(key: str | None) -> str | None:
     """The business key as the vault stores it: trimmed, upper-case, empty meaning missing."""
     if key is None:
         return None
-    return key.strip().upper() or None
+    return key.strip(" \t\r\n").upper() or None
 
 
 @dataclass

@@ -1,0 +1,63 @@
+"""The source configuration: mapping user headers onto the canonical contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from customer360.errors import UserFacingError
+from customer360.settings import Settings
+from customer360.sources import CANONICAL_ORDER, load_source_specs
+
+
+def write_config(tmp_path, text: str) -> Settings:
+    path = tmp_path / "sources.yaml"
+    path.write_text(text)
+    return Settings(sources_config=path)
+
+
+def test_default_configuration_maps_every_canonical_field_to_itself():
+    specs = load_source_specs(Settings())
+    for name, spec in specs.items():
+        header = list(CANONICAL_ORDER[name])
+        assert spec.column_positions(header, f"{name}.csv") == list(range(len(header)))
+
+
+def test_renamed_and_reordered_columns_are_found(tmp_path):
+    settings = write_config(
+        tmp_path,
+        "sources:\n  products:\n    file: items.csv\n    record_source: pim.items\n"
+        "    columns: {product_id: SKU, unit_price: Price}\n",
+    )
+    spec = load_source_specs(settings)["products"]
+    header = ["Price", "product_name", "SKU", "category", "brand", "cost", "extra"]
+    positions = spec.column_positions(header, "items.csv")
+    assert positions == [2, 1, 3, 4, 0, 5]
+    assert spec.file == "items.csv"
+    assert spec.record_source == "pim.items"
+
+
+def test_missing_required_column_is_refused_by_name():
+    spec = load_source_specs(Settings())["customers"]
+    header = ["customer_id", "first_name", "last_name", "phone"]
+    with pytest.raises(UserFacingError, match="missing the required column 'email'"):
+        spec.column_positions(header, "customers.csv")
+
+
+def test_missing_optional_column_is_accepted():
+    spec = load_source_specs(Settings())["customers"]
+    header = ["customer_id", "first_name", "last_name", "email"]
+    positions = spec.column_positions(header, "customers.csv")
+    assert positions[:4] == [0, 1, 2, 3]
+    assert positions[4:] == [None] * 6
+
+
+def test_mapping_an_unknown_field_is_refused(tmp_path):
+    settings = write_config(tmp_path, "sources:\n  customers:\n    columns: {shoe_size: size}\n")
+    with pytest.raises(UserFacingError, match="shoe_size"):
+        load_source_specs(settings)
+
+
+def test_invalid_yaml_is_refused(tmp_path):
+    settings = write_config(tmp_path, "sources: [unclosed\n")
+    with pytest.raises(UserFacingError, match="not valid YAML"):
+        load_source_specs(settings)
