@@ -84,6 +84,17 @@ class _ChunkStream(io.TextIOBase):
     readline = read
 
 
+def check_header(spec: SourceSpec, path: Path) -> None:
+    """Refuse a missing file, or one whose header lacks a required column, before loading."""
+    if not path.exists():
+        raise UserFacingError(f"source file {path} does not exist")
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        header = next(csv.reader(handle), None)
+    if header is None:
+        raise UserFacingError(f"{path.name} is empty: expected a header row")
+    spec.column_positions(header, path.name)
+
+
 def land_file(cursor, spec: SourceSpec, path: Path, batch_id: int) -> LandingResult:
     """COPY one source file into ``staging.raw_<source>``; returns counts and rejected records."""
     if not path.exists():
@@ -95,7 +106,12 @@ def land_file(cursor, spec: SourceSpec, path: Path, batch_id: int) -> LandingRes
         text = io.TextIOWrapper(
             io.BufferedReader(hashing), encoding="utf-8", errors="surrogateescape", newline=""
         )
-        chunks = _staged_chunks(csv.reader(text), spec, path.name, batch_id, result)
+        reader = csv.reader(text)
+        header = next(reader, None)
+        if header is None:
+            raise UserFacingError(f"{path.name} is empty: expected a header row")
+        positions = spec.column_positions(header, path.name)
+        chunks = _staged_chunks(reader, len(header), positions, path.name, batch_id, result)
         cursor.copy_expert(
             f"copy staging.raw_{spec.name} ({columns}) from stdin with (format csv)",
             _ChunkStream(chunks),
@@ -132,15 +148,10 @@ def land_file(cursor, spec: SourceSpec, path: Path, batch_id: int) -> LandingRes
 
 
 def _staged_chunks(
-    reader, spec: SourceSpec, file_name: str, batch_id: int, result: LandingResult
+    reader, width: int, positions: list[int | None], file_name: str, batch_id: int,
+    result: LandingResult,
 ) -> Iterator[str]:
     """Yield CSV text for COPY: batch id, file, line number and the canonical columns."""
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise UserFacingError(f"{file_name} is empty: expected a header row") from None
-    positions = spec.column_positions(header, file_name)
-    width = len(header)
     prefix = [str(batch_id), file_name]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -17,7 +17,7 @@ from psycopg2.extras import Json
 
 from customer360.db import connect, transaction
 from customer360.errors import UserFacingError
-from customer360.landing import land_file
+from customer360.landing import check_header, land_file
 from customer360.quality import ThresholdBreachedError, check_source, staging_specs
 from customer360.reconcile import reconcile_batch
 from customer360.settings import Settings, get_settings
@@ -47,11 +47,8 @@ def start_batch(data_dir: Path, settings: Settings | None = None) -> int:
     Staging rows of earlier batches are cleared, and a batch left 'running' by a crashed
     load is closed as failed, since a new batch supersedes it.
     """
-    specs = load_source_specs(settings)
-    for spec in specs.values():
-        path = spec.path_in(data_dir)
-        if not path.exists():
-            raise UserFacingError(f"source file {path} does not exist")
+    for spec in load_source_specs(settings).values():
+        check_header(spec, spec.path_in(data_dir))
     with transaction(settings) as cur:
         cur.execute(
             """
