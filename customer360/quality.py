@@ -15,12 +15,21 @@ from customer360.sources import CANONICAL_ORDER, SourceSpec
 
 GHOST_KEY = "00000000-0000-0000-0000-000000000000"
 
-# Exactly the shapes the fast parsers accept: PostgreSQL's own input functions would also
-# take words such as 'now', 'NaN' or 'Infinity', which are never valid business data.
-ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
-ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
-DECIMAL = r"^[+-]?(\d{1,10}(\.\d*)?|\.\d+)$"
-INTEGER = r"^[+-]?\d{1,9}$"
+# PostgreSQL's own input functions decide what parses, cheaply; the extra shape tests
+# refuse words those functions also take ('now', 'today', 'NaN', 'Infinity'), which are
+# never valid business data.
+def _iso_date_invalid(value: str) -> str:
+    return (f"(length({value}) <> 10 or substr({value}, 5, 1) <> '-'"
+            f" or not pg_input_is_valid({value}, 'date'))")
+
+
+def _iso_timestamp_invalid(value: str) -> str:
+    return (f"(substr({value}, 5, 1) <> '-' or substr({value}, 11, 1) not in (' ', 'T')"
+            f" or not pg_input_is_valid({value}, 'timestamptz'))")
+
+
+def _number_invalid(value: str, pg_type: str) -> str:
+    return f"(not pg_input_is_valid({value}, '{pg_type}') or strpos(lower({value}), 'n') > 0)"
 
 
 class ThresholdBreachedError(UserFacingError):
@@ -60,9 +69,8 @@ def _quoted(column: str) -> str:
 def _date_rule(column: str, fmt: str, kind: str) -> tuple[Rule, str]:
     value = clean(column)
     if fmt.lower() == "iso":
-        pattern = ISO_DATE if kind == "date" else ISO_TIMESTAMP
         pg_type = "date" if kind == "date" else "timestamptz"
-        invalid = f"({value} !~ '{pattern}' or not pg_input_is_valid({value}, '{pg_type}'))"
+        invalid = (_iso_date_invalid if kind == "date" else _iso_timestamp_invalid)(value)
         parsed = f"{value}::{pg_type}"
     else:
         literal = "'" + fmt.replace("'", "''") + "'"
@@ -78,13 +86,13 @@ def _date_rule(column: str, fmt: str, kind: str) -> tuple[Rule, str]:
 
 
 def _number_rule(columns: dict[str, str], optional: tuple[str, ...] = ()) -> Rule:
-    """Rows where any listed column (column -> pattern) is missing or not a number."""
+    """Rows where any listed column (column -> its SQL type) is missing or not a number."""
     checks, details = [], []
-    for column, pattern in columns.items():
+    for column, pg_type in columns.items():
         value = clean(column)
-        check = f"coalesce({value} !~ '{pattern}', true)"
+        check = f"({value} is null or {_number_invalid(value, pg_type)})"
         if column in optional:
-            check = f"({value} is not null and {value} !~ '{pattern}')"
+            check = f"({value} is not null and {_number_invalid(value, pg_type)})"
         checks.append(check)
         details.append(f"case when {check} then '{column} ' || {_quoted(column)} end")
     failing = " or ".join(checks)
@@ -118,7 +126,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             source="products",
             key_column="product_id",
             hash_keys={"product_hk": "raw_vault.hash_key(landed.product_id)"},
-            rules=(_number_rule({"unit_price": DECIMAL, "cost": DECIMAL}),),
+            rules=(_number_rule({"unit_price": "numeric(12, 2)", "cost": "numeric(12, 2)"}),),
             typed={
                 "product_name": clean("product_name"),
                 "category": clean("category"),
@@ -143,10 +151,10 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             rules=(
                 _number_rule(
                     {
-                        "quantity": INTEGER,
-                        "unit_price": DECIMAL,
-                        "discount": DECIMAL,
-                        "total_amount": DECIMAL,
+                        "quantity": "integer",
+                        "unit_price": "numeric(12, 2)",
+                        "discount": "numeric(5, 4)",
+                        "total_amount": "numeric(14, 2)",
                     },
                     optional=("discount",),
                 ),

@@ -92,6 +92,8 @@ create unlogged table if not exists staging.raw_transactions (
 );
 
 -- Rows that passed the checks: typed, with hash keys and hashdiffs computed once, here.
+-- No indexes: the check statement leaves one row per key, and every later step reads the
+-- whole batch.
 create unlogged table if not exists staging.stg_customers (
     batch_id         bigint  not null,
     line_number      integer not null,
@@ -107,8 +109,7 @@ create unlogged table if not exists staging.stg_customers (
     state            text,
     country          text,
     signup_date      date,
-    customer_segment text,
-    primary key (batch_id, customer_hk)
+    customer_segment text
 );
 
 create unlogged table if not exists staging.stg_products (
@@ -122,8 +123,7 @@ create unlogged table if not exists staging.stg_products (
     category      text,
     brand         text,
     unit_price    numeric(12, 2),
-    cost          numeric(12, 2),
-    primary key (batch_id, product_hk)
+    cost          numeric(12, 2)
 );
 
 create unlogged table if not exists staging.stg_transactions (
@@ -145,6 +145,5 @@ create unlogged table if not exists staging.stg_transactions (
     total_amount      numeric(14, 2),
     transaction_ts    timestamptz,
     payment_method    text,
-    order_status      text,
-    primary key (batch_id, order_hk)
+    order_status      text
 );
