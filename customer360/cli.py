@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "customer360.commands.airflow",
     "customer360.commands.api",
     "customer360.commands.database",
+    "customer360.commands.demo",
     "customer360.commands.generate",
     "customer360.commands.streaming",
     "customer360.commands.warehouse",
