@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from psycopg2.extras import Json
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 BATCH_LOCK_ID = 360_002
 
 ProgressCallback = Callable[[str, dict], None]
+
+# Materialized views rebuilt from the order analytics after each load.
+DERIVED_VIEWS = ("mv_customer_360", "mv_product_analytics")
 
 
 class ReconciliationError(UserFacingError):
@@ -215,12 +219,25 @@ def reconcile(batch_id: int, settings: Settings | None = None) -> list[dict]:
 
 
 def refresh_business_views(batch_id: int, settings: Settings | None = None) -> None:
-    """Rebuild the point-in-time table and the materialized business views."""
+    """Rebuild the point-in-time table and the materialized business views.
+
+    The order analytics come first; the customer and product views both derive from them
+    and are rebuilt side by side.
+    """
     started = time.perf_counter()
     with transaction(settings) as cur:
         cur.execute("select load_dts from audit.load_batch where batch_id = %s", (batch_id,))
         load_dts = cur.fetchone()[0]
-        cur.execute("call business_vault.refresh_business_views(%s)", (load_dts,))
+        cur.execute("call business_vault.refresh_order_views(%s)", (load_dts,))
+
+    def refresh(view: str) -> None:
+        with transaction(settings) as cur:
+            cur.execute("call business_vault.refresh_view(%s)", (view,))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for done in [pool.submit(refresh, view) for view in DERIVED_VIEWS]:
+            done.result()
+    with transaction(settings) as cur:
         _record_timing(cur, batch_id, "refresh_views", started)
 
 
@@ -281,8 +298,12 @@ def run_batch(
                 notify(f"land_{source}", load_staging(batch_id, source, settings))
             notify("quality_checks", check_staging(batch_id, settings))
             notify("hubs", load_hubs(batch_id, settings))
-            notify("links", load_links(batch_id, settings))
-            notify("satellites", load_satellites(batch_id, settings))
+            # Links and satellites depend only on the hubs: load them side by side.
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                links = pool.submit(load_links, batch_id, settings)
+                satellites = pool.submit(load_satellites, batch_id, settings)
+                notify("links", links.result())
+                notify("satellites", satellites.result())
             notify("reconciliation", {"checks": len(reconcile(batch_id, settings))})
             refresh_business_views(batch_id, settings)
             notify("refresh_views", {})

@@ -28,8 +28,9 @@ as $$
     select md5(raw_vault.normalise_key(key_part_1) || '||' || raw_vault.normalise_key(key_part_2))::uuid
 $$;
 
--- Rebuild the point-in-time table and the materialized business views after a load.
-create or replace procedure business_vault.refresh_business_views(snapshot timestamptz)
+-- After a load: rebuild the point-in-time table as of the snapshot, then the order analytics
+-- every other business view derives from.
+create or replace procedure business_vault.refresh_order_views(snapshot timestamptz)
 language plpgsql
 as $$
 begin
@@ -39,14 +40,23 @@ begin
     from raw_vault.sat_customer_details
     where load_dts <= snapshot
     group by customer_hk;
+    analyze business_vault.pit_customer;
 
     refresh materialized view business_vault.mv_order_analytics;
-    refresh materialized view business_vault.mv_customer_360;
-    refresh materialized view business_vault.mv_product_analytics;
-    analyze business_vault.pit_customer;
     analyze business_vault.mv_order_analytics;
-    analyze business_vault.mv_customer_360;
-    analyze business_vault.mv_product_analytics;
+end;
+$$;
+
+-- Then each view derived from the order analytics (the loader runs them side by side).
+create or replace procedure business_vault.refresh_view(view_name text)
+language plpgsql
+as $$
+begin
+    if view_name not in ('mv_customer_360', 'mv_product_analytics') then
+        raise exception 'unknown business view %', view_name;
+    end if;
+    execute format('refresh materialized view business_vault.%I', view_name);
+    execute format('analyze business_vault.%I', view_name);
 end;
 $$;
 
