@@ -12,13 +12,14 @@ drop view if exists business_vault.vw_product_history cascade;
 drop view if exists business_vault.vw_order_history cascade;
 
 -- History of each customer's attributes: one row per satellite version, end-dated by the
--- next version (the end date and is-current flag are derived here, never stored).
+-- next version (the end date and is-current flag are derived here, never stored). The
+-- windows partition by the business key, so a filter on it is applied before them.
 create view business_vault.vw_customer_history as
 select
     hub.customer_id,
     sat.load_dts                                                               as valid_from,
-    lead(sat.load_dts) over (partition by sat.customer_hk order by sat.load_dts) as valid_to,
-    lead(sat.load_dts) over (partition by sat.customer_hk order by sat.load_dts) is null
+    lead(sat.load_dts) over (partition by hub.customer_id order by sat.load_dts) as valid_to,
+    lead(sat.load_dts) over (partition by hub.customer_id order by sat.load_dts) is null
                                                                                as is_current,
     sat.first_name,
     sat.last_name,
@@ -39,8 +40,8 @@ create view business_vault.vw_product_history as
 select
     hub.product_id,
     sat.load_dts                                                              as valid_from,
-    lead(sat.load_dts) over (partition by sat.product_hk order by sat.load_dts) as valid_to,
-    lead(sat.load_dts) over (partition by sat.product_hk order by sat.load_dts) is null
+    lead(sat.load_dts) over (partition by hub.product_id order by sat.load_dts) as valid_to,
+    lead(sat.load_dts) over (partition by hub.product_id order by sat.load_dts) is null
                                                                               as is_current,
     sat.product_name,
     sat.category,
@@ -57,8 +58,8 @@ create view business_vault.vw_order_history as
 select
     hub.order_id,
     sat.load_dts                                                            as valid_from,
-    lead(sat.load_dts) over (partition by sat.order_hk order by sat.load_dts) as valid_to,
-    lead(sat.load_dts) over (partition by sat.order_hk order by sat.load_dts) is null
+    lead(sat.load_dts) over (partition by hub.order_id order by sat.load_dts) as valid_to,
+    lead(sat.load_dts) over (partition by hub.order_id order by sat.load_dts) is null
                                                                             as is_current,
     sat.quantity,
     sat.unit_price,

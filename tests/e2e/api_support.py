@@ -30,7 +30,8 @@ def free_port() -> int:
 def running_api(settings: Settings, log_dir: Path, name: str, **overrides: str) -> Iterator[str]:
     """Serve the API for ``settings`` (plus C360_* ``overrides``) and yield its base URL.
 
-    The server is uvicorn with one worker on 127.0.0.1 and a free port; it is stopped on exit.
+    The server is ``c360 api serve`` with one worker on 127.0.0.1 and a free port; it is
+    stopped on exit.
     """
     port = free_port()
     env = {
@@ -50,8 +51,8 @@ def running_api(settings: Settings, log_dir: Path, name: str, **overrides: str) 
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "uvicorn", "api.main:app",
-                "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+                sys.executable, "-m", "customer360.cli", "api", "serve",
+                "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             ],
             cwd=PROJECT_ROOT,
             env=env,

@@ -21,12 +21,13 @@ import psycopg2.extras
 import pytest
 from api_support import TEST_API_KEYS, TEST_JWT_SECRET, free_port, running_api
 
+from customer360 import realtime
 from customer360.settings import PROJECT_ROOT, Settings
 
 KEY_HEADERS = {"X-API-Key": TEST_API_KEYS[0]}
 DATETIME_FIELDS = {
-    "profile_updated_at", "transaction_ts", "valid_from", "valid_to", "first_event_ts",
-    "last_event_ts", "last_purchase_ts", "updated_at",
+    "minute_start", "profile_updated_at", "transaction_ts", "valid_from", "valid_to",
+    "first_event_ts", "last_event_ts", "last_purchase_ts", "updated_at",
 }  # fmt: skip
 
 
@@ -319,6 +320,8 @@ def test_customer_profile_carries_realtime_activity(client: httpx.Client, dict_c
     )
     try:
         activity = client.get(f"/customers/{customer}").json()["realtime_activity"]
+        # The streaming area's own reader of the same table is the reference.
+        reference = realtime.customer_activity(dict_cursor, customer)
     finally:
         dict_cursor.execute(
             "delete from public.customer_activity where customer_id = %s", [customer]
@@ -328,6 +331,51 @@ def test_customer_profile_carries_realtime_activity(client: httpx.Client, dict_c
     assert activity["cart_value"] == 19.99 and activity["purchased_value"] == 45.5
     assert datetime.fromisoformat(activity["last_event_ts"]) == seen_at
     assert activity["product_views"] == 0 and activity["last_purchase_ts"] is None
+    for event_type, count in reference["events_by_type"].items():
+        assert activity[event_type] == count, event_type
+    for name in ("total_events",):
+        assert activity[name] == reference[name]
+    for name in ("cart_value", "purchased_value"):
+        assert Decimal(str(activity[name])) == Decimal(reference[name]), name
+    for name in ("first_event_ts", "last_event_ts", "last_purchase_ts", "updated_at"):
+        assert from_json(name, activity[name]) == from_json(name, reference[name]), name
+
+
+def test_realtime_metrics_match_the_streaming_reader(client: httpx.Client, dict_cursor) -> None:
+    dict_cursor.execute(
+        "select date_trunc('minute', now()) - interval '7 minutes' as minute_start,"
+        " date_trunc('minute', now()) - interval '3 hours' as too_old"
+    )
+    recent, too_old = dict_cursor.fetchone().values()
+    rows = [
+        (recent, "api_test_purchase", 3, "120.50"),
+        (recent, "api_test_view", 11, "0"),
+        (too_old, "api_test_view", 5, "0"),
+    ]
+    dict_cursor.executemany(
+        "insert into public.real_time_metrics (minute_start, event_type, event_count, amount)"
+        " values (%s, %s, %s, %s)",
+        rows,
+    )
+    try:
+        body = client.get("/realtime/metrics", params={"minutes": 60}).json()
+        reference = realtime.recent_metrics(dict_cursor, 60)
+    finally:
+        dict_cursor.execute(
+            "delete from public.real_time_metrics where event_type like 'api_test_%'"
+        )
+    assert body["available"] is True and body["minutes"] == 60
+    ours = [w for w in body["windows"] if w["event_type"].startswith("api_test_")]
+    assert [(w["event_type"], w["event_count"], w["amount"]) for w in ours] == [
+        ("api_test_purchase", 3, 120.5),
+        ("api_test_view", 11, 0.0),
+    ]
+    assert all(from_json("minute_start", w["minute_start"]) == recent for w in ours)
+    assert len(body["windows"]) == len(reference)
+    for window, expected in zip(body["windows"], reference, strict=True):
+        assert window["event_type"] == expected["event_type"]
+        assert window["event_count"] == expected["event_count"]
+        assert Decimal(str(window["amount"])) == Decimal(expected["amount"])
 
 
 def test_unknown_customer_is_404_json(client: httpx.Client) -> None:

@@ -1,0 +1,162 @@
+"""Authentication (API key or JWT bearer, chosen in settings) and per-client rate limiting.
+
+The authenticated identity (the API key, the token's subject, or the client address when
+authentication is off) is what the rate limiter counts against. Limits are kept in the memory
+of each worker process: with N workers a client may get up to N times the configured rate.
+
+No ``from __future__ import annotations`` here: FastAPI must see the real annotations of the
+guards, which refer to local scheme objects.
+"""
+
+import hmac
+import math
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from customer360.settings import Settings
+
+API_KEY_HEADER = "X-API-Key"
+
+
+class RateLimiter:
+    """A token bucket per identity: ``per_minute`` requests a minute, bursts up to that many.
+
+    Handlers run on one event loop per process and the bucket update never awaits, so no lock
+    is needed.
+    """
+
+    def __init__(self, per_minute: int, max_identities: int = 100_000) -> None:
+        self.capacity = float(per_minute)
+        self.refill_per_second = per_minute / 60.0
+        self.max_identities = max_identities
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def acquire(self, identity: str) -> float:
+        """Take one request from the identity's bucket; 0 if allowed, else seconds to wait."""
+        now = time.monotonic()
+        tokens, last = self._buckets.get(identity, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.refill_per_second)
+        if tokens >= 1.0:
+            if len(self._buckets) >= self.max_identities and identity not in self._buckets:
+                # Full buckets are the default state, so forgetting them loses nothing.
+                self._forget_full_buckets(now)
+            self._buckets[identity] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[identity] = (tokens, now)
+        return (1.0 - tokens) / self.refill_per_second
+
+    def _forget_full_buckets(self, now: float) -> None:
+        for identity, (tokens, last) in list(self._buckets.items()):
+            if tokens + (now - last) * self.refill_per_second >= self.capacity:
+                del self._buckets[identity]
+
+
+def accepted_api_keys(settings: Settings) -> list[str]:
+    """The API keys configured in ``C360_API_KEYS``."""
+    return [key.strip() for key in settings.api_keys.split(",") if key.strip()]
+
+
+def issue_jwt(settings: Settings, subject: str, ttl_minutes: int | None = None) -> str:
+    """A signed bearer token for ``subject`` that the API accepts in ``jwt`` mode."""
+    now = datetime.now(UTC)
+    ttl = timedelta(minutes=ttl_minutes or settings.api_jwt_ttl_minutes)
+    claims = {"sub": subject, "iat": now, "exp": now + ttl}
+    return jwt.encode(claims, settings.jwt_secret, algorithm=settings.jwt_algorithm)
+
+
+def _unauthorized(message: str, scheme: str) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        detail=message,
+        headers={"WWW-Authenticate": scheme},
+    )
+
+
+def _rate_limited(retry_after: float, limit: int) -> HTTPException:
+    seconds = max(1, math.ceil(retry_after))
+    return HTTPException(
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=f"rate limit of {limit} requests per minute exceeded; retry in {seconds} s",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
+    """The dependency that authenticates a request and charges it to the rate limit.
+
+    It returns the caller's identity. Which scheme it declares (and so which one Swagger UI's
+    Authorize dialog offers) follows ``settings.api_auth_mode``.
+    """
+    limiter = RateLimiter(settings.api_rate_limit_per_minute)
+    limit = settings.api_rate_limit_per_minute
+
+    def charge(identity: str) -> str:
+        wait = limiter.acquire(identity)
+        if wait > 0:
+            raise _rate_limited(wait, limit)
+        return identity
+
+    if settings.api_auth_mode == "api_key":
+        keys = [key.encode() for key in accepted_api_keys(settings)]
+        api_key_header = APIKeyHeader(
+            name=API_KEY_HEADER,
+            auto_error=False,
+            description="An API key from C360_API_KEYS; `c360 api token` prints one.",
+        )
+
+        async def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> str:
+            if not api_key:
+                raise _unauthorized(
+                    f"missing API key: send it in the {API_KEY_HEADER} header", "ApiKey"
+                )
+            candidate = api_key.encode("utf-8", "surrogateescape")
+            # Compare against every key so the time taken does not tell which one nearly matched.
+            matched = False
+            for key in keys:
+                matched |= hmac.compare_digest(candidate, key)
+            if not matched:
+                raise _unauthorized("invalid API key", "ApiKey")
+            return charge("key:" + api_key)
+
+        return require_api_key
+
+    if settings.api_auth_mode == "jwt":
+        bearer = HTTPBearer(
+            auto_error=False,
+            bearerFormat="JWT",
+            description="A JWT signed with C360_JWT_SECRET; `c360 api token --jwt` prints one.",
+        )
+
+        async def require_jwt(
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        ) -> str:
+            if credentials is None:
+                raise _unauthorized(
+                    "missing bearer token: send Authorization: Bearer <JWT>", "Bearer"
+                )
+            try:
+                claims = jwt.decode(
+                    credentials.credentials,
+                    settings.jwt_secret,
+                    algorithms=[settings.jwt_algorithm],
+                    options={"require": ["exp", "sub"]},
+                )
+            except jwt.ExpiredSignatureError as exc:
+                raise _unauthorized("bearer token has expired", "Bearer") from exc
+            except jwt.InvalidTokenError as exc:
+                raise _unauthorized(f"invalid bearer token: {exc}", "Bearer") from exc
+            return charge("sub:" + str(claims["sub"]))
+
+        return require_jwt
+
+    async def anonymous(request: Request) -> str:
+        client = request.client.host if request.client else "unknown"
+        return charge("ip:" + client)
+
+    return anonymous
