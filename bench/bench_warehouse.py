@@ -52,19 +52,25 @@ def free_port() -> int:
 def load(data_dir: Path, dsn: str) -> dict:
     output = subprocess.run(
         [sys.executable, "-c", LOAD_ONE_BATCH, str(data_dir), dsn],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 def machine() -> dict:
     with open("/proc/cpuinfo") as cpuinfo:
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                      if line.startswith("model name")), platform.processor())
+        model = next(
+            (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+            platform.processor(),
+        )
     return {
-        "cpu": model, "cores": os.cpu_count(),
+        "cpu": model,
+        "cores": os.cpu_count(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(), "os": platform.platform(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
         "load_average_at_start": os.getloadavg()[0],
     }
 

@@ -17,6 +17,12 @@ create table if not exists raw_vault.hub_product (
     record_source text        not null
 );
 
+-- A business key appears once in its hub; these indexes also serve lookups by key.
+create unique index if not exists hub_customer_business_key_idx
+    on raw_vault.hub_customer (customer_id);
+create unique index if not exists hub_product_business_key_idx
+    on raw_vault.hub_product (product_id);
+
 -- One order per transaction.
 create table if not exists raw_vault.hub_order (
     order_hk      uuid    primary key,
@@ -24,6 +30,9 @@ create table if not exists raw_vault.hub_order (
     load_dts      timestamptz not null,
     record_source text        not null
 );
+
+create unique index if not exists hub_order_business_key_idx
+    on raw_vault.hub_order (order_id);
 
 -- Links: one row per relationship ever seen. Like the satellites they carry no foreign
 -- keys: the load order (hubs first) and the post-load reconciliation guarantee that every

@@ -1,4 +1,4 @@
-"""Static checks of docker-compose.yml, the two Dockerfiles, .dockerignore and .env.example.
+"""Static checks of docker-compose.yml, the three Dockerfiles, .dockerignore and .env.example.
 
 No Docker engine runs here, so the stack is checked the way the engine would read it: the compose
 file is parsed and interpolated with .env.example, the Dockerfiles are parsed instruction by
@@ -212,7 +212,29 @@ def dockerfile_env(dockerfile_name: str) -> dict[str, str]:
     return env
 
 
-DOCKERFILES = ["Dockerfile.api", "Dockerfile.streaming"]
+# Built on a pinned python:3.11 slim image; the Airflow components on the official Airflow image.
+PYTHON_BASE_DOCKERFILES = ["Dockerfile.api", "Dockerfile.streaming"]
+AIRFLOW_DOCKERFILE = "Dockerfile.airflow"
+DOCKERFILES = [*PYTHON_BASE_DOCKERFILES, AIRFLOW_DOCKERFILE]
+
+
+def locked_versions() -> tuple[str, str]:
+    """The apache-airflow version requirements.lock pins, and the Python version it was locked for."""
+    lock = (PROJECT_ROOT / "requirements.lock").read_text()
+    airflow = re.search(r"^apache-airflow==(3\.\d+\.\d+)$", lock, re.MULTILINE)
+    python = re.search(r"--python-version (3\.\d+)\b", lock)
+    assert airflow and python, "requirements.lock must pin apache-airflow for one Python version"
+    return airflow.group(1), python.group(1)
+
+
+def official_entrypoint(command: list[str]) -> list[str]:
+    """What the official Airflow image's entrypoint runs for a container command: `bash` and
+    `python` as given, anything else as arguments of `airflow` (a leading `airflow` dropped)."""
+    if command[0] in ("bash", "python"):
+        return command
+    if command[0] == "airflow":
+        command = command[1:]
+    return ["airflow", *command]
 
 
 def dockerignore_includes(path: str) -> bool:
@@ -374,10 +396,15 @@ def test_every_image_is_pinned(compose):
     # The schema needs PostgreSQL 18; the broker is the official image.
     assert images["postgres"].startswith("postgres:18.")
     assert images["kafka"].startswith("apache/kafka:")
+    airflow_version, python_version = locked_versions()
     for dockerfile_name in set(built_services(compose).values()):
         bases = [i.arguments for i in dockerfile(dockerfile_name) if i.keyword == "FROM"]
         assert len(bases) == 1, dockerfile_name
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", bases[0]), bases[0]
+        if dockerfile_name == AIRFLOW_DOCKERFILE:
+            # The official image of exactly the Airflow the lock pins, on the lock's Python.
+            assert bases[0] == f"apache/airflow:{airflow_version}-python{python_version}"
+        else:
+            assert re.fullmatch(rf"python:{re.escape(python_version)}\.\d+-slim-bookworm", bases[0])
 
 
 def test_built_images_share_their_build_and_airflow_comes_from_the_lock(compose):
@@ -390,13 +417,26 @@ def test_built_images_share_their_build_and_airflow_comes_from_the_lock(compose)
             )
     # One tag, one recipe: services naming the same image build it the same way.
     assert all(len(recipes) == 1 for recipes in builds.values()), builds
-    for name in AIRFLOW_SERVICES | {"api"}:
-        assert built_services(compose)[name] == "Dockerfile.api", name
-    lock = (PROJECT_ROOT / "requirements.lock").read_text()
-    assert re.search(r"^apache-airflow==3\.\d+\.\d+$", lock, re.MULTILINE)
+    for name in AIRFLOW_SERVICES:
+        assert built_services(compose)[name] == AIRFLOW_DOCKERFILE, name
+    assert built_services(compose)["api"] == "Dockerfile.api"
+    airflow_version, _ = locked_versions()
+    base = next(i.arguments for i in dockerfile(AIRFLOW_DOCKERFILE) if i.keyword == "FROM")
+    assert base.startswith(f"apache/airflow:{airflow_version}-"), base
 
 
-@pytest.mark.parametrize("dockerfile_name", DOCKERFILES)
+def test_airflow_services_run_through_the_official_entrypoint(compose):
+    # The image keeps the official ENTRYPOINT, which runs any command but bash and python as an
+    # `airflow` subcommand; a bare script name would become `airflow <script>`.
+    keywords = [i.keyword for i in dockerfile(AIRFLOW_DOCKERFILE)]
+    assert "ENTRYPOINT" not in keywords
+    for name in AIRFLOW_SERVICES:
+        service = compose.services[name]
+        assert "entrypoint" not in service, name
+        assert official_entrypoint(service["command"])[0] in ("airflow", "bash", "python"), name
+
+
+@pytest.mark.parametrize("dockerfile_name", PYTHON_BASE_DOCKERFILES)
 def test_dockerfile_layers_user_healthcheck_and_command(dockerfile_name):
     instructions = dockerfile(dockerfile_name)
     keywords = [i.keyword for i in instructions]
@@ -420,6 +460,43 @@ def test_dockerfile_layers_user_healthcheck_and_command(dockerfile_name):
     assert "ENTRYPOINT" not in keywords
     cmd = exec_form(next(i.arguments for i in instructions if i.keyword == "CMD"))
     assert isinstance(cmd, list), "CMD in exec form, so the process gets SIGTERM"
+
+
+def test_airflow_dockerfile_installs_the_lock_as_the_airflow_user(compose):
+    instructions = dockerfile(AIRFLOW_DOCKERFILE)
+    runs = [index for index, i in enumerate(instructions) if i.keyword == "RUN"]
+    install_index = next(index for index in runs if "requirements.lock" in instructions[index].arguments)
+    install = instructions[install_index].arguments
+    # The official image's pip refuses root and installs into the airflow user's environment;
+    # naming the image's Airflow version keeps the lock from replacing it.
+    assert re.search(r"^pip install --no-cache-dir .*-r /tmp/requirements\.lock", install)
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in install
+    users_before = [i.arguments for i in instructions[:install_index] if i.keyword == "USER"]
+    assert users_before and users_before[-1] == "airflow"
+    # Only the lock is copied before the install, so a source change keeps that layer cached.
+    copied_before = [i for i in instructions[:install_index] if i.keyword == "COPY"]
+    assert [sources for sources, _ in copies(copied_before)] == [["requirements.lock"]]
+    keywords = [i.keyword for i in instructions]
+    last_user = len(keywords) - 1 - keywords[::-1].index("USER")
+    assert instructions[last_user].arguments == "airflow"
+    assert last_user > max(index for index, k in enumerate(keywords) if k in ("RUN", "COPY"))
+    # The source sits where PYTHONPATH points, as in the platform image.
+    workdir = next(i.arguments for i in instructions if i.keyword == "WORKDIR")
+    assert dockerfile_env(AIRFLOW_DOCKERFILE)["PYTHONPATH"] == workdir
+    # Named volumes start with the ownership of the image folder they mount over; the base
+    # image provides only AIRFLOW_HOME/logs, so the others are created for the airflow user.
+    prepared = " ".join(i.arguments for i in instructions if i.keyword == "RUN")
+    for name in AIRFLOW_SERVICES:
+        for mount in compose.services[name]["volumes"]:
+            source, target = str(mount).split(":")[:2]
+            if source.startswith(("./", "/")) or target == "/opt/airflow/logs":
+                continue
+            assert re.search(rf"mkdir -p [^&]*{re.escape(target)}\b", prepared), target
+            assert re.search(rf"chown -R airflow:0 [^&]*{re.escape(target)}\b", prepared) or any(
+                re.search(rf"chown -R airflow:0 [^&]*{re.escape(parent.as_posix())}(\s|$)", prepared)
+                for parent in Path(target).parents
+                if parent != Path("/")
+            ), target
 
 
 @pytest.mark.parametrize("dockerfile_name", DOCKERFILES)
