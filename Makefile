@@ -17,10 +17,10 @@ install: $(BIN)/python
 	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 
-# What the tests need beyond Python packages: Debian's Chromium and the Kafka broker jars.
+# What the tests need beyond Python packages: Debian's Chromium (and Java with Maven, which
+# fetches the Kafka broker's jars from Maven Central on first use).
 system-deps: install
 	scripts/install_system_deps.sh
-	$(BIN)/c360 kafka fetch
 
 # Main command: set everything up and run the platform (database, load, API, Airflow, stream).
 demo: install system-deps
