@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import timedelta
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 # Only one batch loads at a time; the CLI holds this advisory lock for the whole run.
 BATCH_LOCK_ID = 360_002
 
+# A batch still 'running' this long after it started was left by a crashed load (the DAG's
+# runs time out after an hour).
+STALE_BATCH_AFTER = timedelta(hours=2)
+
 ProgressCallback = Callable[[str, dict], None]
 
 # Materialized views rebuilt from the order analytics after each load.
@@ -48,17 +53,34 @@ class ReconciliationError(UserFacingError):
 def start_batch(data_dir: Path, settings: Settings | None = None) -> int:
     """Open a batch for the files in ``data_dir``; returns its id.
 
-    Staging rows of earlier batches are cleared, and a batch left 'running' by a crashed
-    load is closed as failed, since a new batch supersedes it.
+    Refuses while another batch is loading (from the CLI or the DAG). A batch still marked
+    'running' after ``STALE_BATCH_AFTER`` was left by a crashed load: it is closed as failed.
+    Staging rows of earlier batches are cleared.
     """
     for spec in load_source_specs(settings).values():
         check_header(spec, spec.path_in(data_dir))
     with transaction(settings) as cur:
+        # Serialise batch starts, so two loads cannot both see "nothing running".
+        cur.execute("lock table audit.load_batch in share row exclusive mode")
+        cur.execute(
+            """
+            select batch_id, started_at from audit.load_batch
+            where status = 'running' and started_at > clock_timestamp() - %s
+            order by batch_id limit 1
+            """,
+            (STALE_BATCH_AFTER,),
+        )
+        running = cur.fetchone()
+        if running:
+            raise UserFacingError(
+                f"batch {running[0]} has been loading since {running[1]:%Y-%m-%d %H:%M:%S %Z};"
+                " try again when it has finished"
+            )
         cur.execute(
             """
             update audit.load_batch
             set status = 'failed', finished_at = clock_timestamp(),
-                message = 'abandoned: a newer batch started before it finished'
+                message = 'abandoned: still running long after it started; a newer batch began'
             where status = 'running'
             """
         )

@@ -89,12 +89,10 @@ def run_demo(args: argparse.Namespace) -> int:
         from customer360 import airflow_local
 
         with step("Airflow"):
-            status = airflow_local.start(settings, progress=lambda message: None)
-            step.note(airflow_local.base_url(settings))
+            airflow_local.start(settings)
+            step.note(f"{airflow_local.base_url(settings)}/dags/customer_data_pipeline")
 
     _print_summary(settings, airflow=not args.no_airflow, stream=not args.no_stream)
-    if not args.no_airflow:
-        print(f"Airflow login: {_airflow_login(status)}")
     return 0
 
 
@@ -166,12 +164,6 @@ def _wait_for_http(url: str, timeout: float) -> None:
     raise UserFacingError(f"{url} did not answer within {timeout:.0f}s; see .c360/run/api.log")
 
 
-def _airflow_login(status) -> str:
-    user = getattr(status, "username", None) or "admin"
-    password = getattr(status, "password", None) or "see .c360/airflow/passwords"
-    return f"{user} / {password}"
-
-
 def _print_summary(settings, airflow: bool, stream: bool) -> None:
     from api.security import accepted_api_keys
 
@@ -198,5 +190,10 @@ The platform is running.
                .venv/bin/c360 stream produce --count 1000   (more events)"""
         )
     if airflow:
-        print(f"  Airflow      http://127.0.0.1:{settings.airflow_port}  (DAG customer_data_pipeline)")
+        from customer360.airflow_local import ADMIN_PASSWORD, ADMIN_USERNAME
+
+        print(
+            f"  Airflow      http://127.0.0.1:{settings.airflow_port}/dags/customer_data_pipeline"
+            f"  (login {ADMIN_USERNAME} / {ADMIN_PASSWORD})"
+        )
     print("\n  Stop everything with: make stop\n")

@@ -237,3 +237,20 @@ def test_a_breached_threshold_fails_the_batch_and_leaves_the_vault_unchanged(
     )
     assert status == "failed"
     assert "at least 1,000,000 required" in message
+
+
+def test_a_second_batch_is_refused_while_one_is_loading(small_database, small_data):
+    from customer360.errors import UserFacingError
+    from customer360.pipeline import fail_batch, start_batch
+
+    settings = small_database
+    base, _ = small_data
+    running = start_batch(base, settings)
+
+    with pytest.raises(UserFacingError, match=f"batch {running} has been loading"):
+        run_batch(base, settings)
+
+    fail_batch(running, "stopped by the test", settings)
+    run_batch(base, settings)
+    (statuses,), = query(settings, "select array_agg(status order by batch_id) from audit.load_batch")
+    assert statuses == ["failed", "succeeded"]
