@@ -148,7 +148,11 @@ def land_file(cursor, spec: SourceSpec, path: Path, batch_id: int) -> LandingRes
 
 
 def _staged_chunks(
-    reader, width: int, positions: list[int | None], file_name: str, batch_id: int,
+    reader,
+    width: int,
+    positions: list[int | None],
+    file_name: str,
+    batch_id: int,
     result: LandingResult,
 ) -> Iterator[str]:
     """Yield CSV text for COPY: batch id, file, line number and the canonical columns."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import timedelta
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 from psycopg2.extras import Json

@@ -15,17 +15,22 @@ from customer360.sources import CANONICAL_ORDER, SourceSpec
 
 GHOST_KEY = "00000000-0000-0000-0000-000000000000"
 
+
 # PostgreSQL's own input functions decide what parses, cheaply; the extra shape tests
 # refuse words those functions also take ('now', 'today', 'NaN', 'Infinity'), which are
 # never valid business data.
 def _iso_date_invalid(value: str) -> str:
-    return (f"(length({value}) <> 10 or substr({value}, 5, 1) <> '-'"
-            f" or not pg_input_is_valid({value}, 'date'))")
+    return (
+        f"(length({value}) <> 10 or substr({value}, 5, 1) <> '-'"
+        f" or not pg_input_is_valid({value}, 'date'))"
+    )
 
 
 def _iso_timestamp_invalid(value: str) -> str:
-    return (f"(substr({value}, 5, 1) <> '-' or substr({value}, 11, 1) not in (' ', 'T')"
-            f" or not pg_input_is_valid({value}, 'timestamptz'))")
+    return (
+        f"(substr({value}, 5, 1) <> '-' or substr({value}, 11, 1) not in (' ', 'T')"
+        f" or not pg_input_is_valid({value}, 'timestamptz'))"
+    )
 
 
 def _number_invalid(value: str, pg_type: str) -> str:
@@ -222,8 +227,9 @@ def staging_statement(spec: StagingSpec) -> str:
     reasons = "\n".join(
         f"                when {rule.failing} then '{rule.reason}'" for rule in spec.rules
     )
+    indent = " " * 23
     details = "\n".join(
-        f"                       when reason = '{rule.reason}' and {rule.failing} then {rule.detail}"
+        f"{indent}when reason = '{rule.reason}' and {rule.failing} then {rule.detail}"
         for rule in spec.rules
     )
     hash_columns = list(spec.hash_keys)

@@ -74,7 +74,9 @@ _database_numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def make_database(embedded_server: EmbeddedServer, c360_settings: Settings) -> Callable[[], Settings]:
+def make_database(
+    embedded_server: EmbeddedServer, c360_settings: Settings
+) -> Callable[[], Settings]:
     """A factory of brand-new migrated databases, for tests that change the vault."""
 
     def create() -> Settings:

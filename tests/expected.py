@@ -61,8 +61,11 @@ def expected_warehouse(data_dir: Path) -> ExpectedWarehouse:
 
     def clean_rows(file_name: str) -> list[tuple[int, dict]]:
         rejected_lines = {line for line, _ in expected.rejected[file_name]}
-        return [(line, row) for line, row in read_rows(data_dir / file_name)
-                if line not in rejected_lines]
+        return [
+            (line, row)
+            for line, row in read_rows(data_dir / file_name)
+            if line not in rejected_lines
+        ]
 
     for _, row in clean_rows("customers.csv"):
         expected.customers[normalise(row["customer_id"])] = row
@@ -95,8 +98,15 @@ def expected_after_next_day(base: ExpectedWarehouse, next_dir: Path) -> Expected
 def customer_metrics(expected: ExpectedWarehouse) -> dict[str, dict]:
     """The vw_customer_360 metrics of every customer, by the documented definitions."""
     metrics: dict[str, dict] = {
-        key: {"order_count": 0, "lifetime_value": Decimal("0.00"), "revenue_orders": 0,
-              "first": None, "last": None, "last_revenue": None, "units": Counter()}
+        key: {
+            "order_count": 0,
+            "lifetime_value": Decimal("0.00"),
+            "revenue_orders": 0,
+            "first": None,
+            "last": None,
+            "last_revenue": None,
+            "units": Counter(),
+        }
         for key in expected.customers
     }
     for order in expected.orders.values():
@@ -113,14 +123,16 @@ def customer_metrics(expected: ExpectedWarehouse) -> dict[str, dict]:
             if order["product_key"] != GHOST_ID:
                 category = expected.products[order["product_key"]]["category"]
                 m["units"][category] += order["quantity_int"]
-    for key, m in metrics.items():
+    for m in metrics.values():
         m["avg_order_value"] = (
             (m["lifetime_value"] / m["revenue_orders"]).quantize(Decimal("0.01"), ROUND_HALF_UP)
-            if m["revenue_orders"] else None
+            if m["revenue_orders"]
+            else None
         )
         m["favourite_category"] = (
             sorted(m["units"].items(), key=lambda item: (-item[1], item[0]))[0][0]
-            if m["units"] else None
+            if m["units"]
+            else None
         )
     _rfm(metrics)
     return metrics
@@ -133,7 +145,7 @@ def _ntile(ordered_keys: list[str], buckets: int = 5) -> dict[str, int]:
     scores, position = {}, 0
     for bucket in range(1, buckets + 1):
         count = size + (1 if bucket <= extra else 0)
-        for key in ordered_keys[position:position + count]:
+        for key in ordered_keys[position : position + count]:
             scores[key] = bucket
         position += count
     return scores

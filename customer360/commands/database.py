@@ -54,7 +54,8 @@ def db_status(args: argparse.Namespace) -> int:
     conn = connect(settings)
     with conn.cursor() as cur:
         cur.execute(
-            "select current_setting('server_version'), pg_size_pretty(pg_database_size(current_database()))"
+            "select current_setting('server_version'),"
+            " pg_size_pretty(pg_database_size(current_database()))"
         )
         version, size = cur.fetchone()
     conn.close()

@@ -180,7 +180,8 @@ The platform is running.
                .venv/bin/c360 db psql, then for example:
                  select * from business_vault.vw_customer_360 order by lifetime_value desc limit 5;
                  select * from business_vault.vw_product_analytics where category_rank <= 3;
-                 select * from business_vault.vw_order_analytics order by transaction_ts desc limit 5;
+                 select * from business_vault.vw_order_analytics
+                   order by transaction_ts desc limit 5;
                  select * from business_vault.vw_customer_history where not is_current limit 5;"""
     )
     if stream:

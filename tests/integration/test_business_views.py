@@ -6,7 +6,13 @@ from decimal import Decimal
 
 import pytest
 
-from tests.expected import GHOST_ID, customer_metrics, expected_warehouse, product_metrics, normalise
+from tests.expected import (
+    GHOST_ID,
+    customer_metrics,
+    expected_warehouse,
+    normalise,
+    product_metrics,
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +42,12 @@ def test_customer_360_profiles_and_metrics(loaded_warehouse, db_cursor, expected
         assert profile["first_order_date"] == m["first"], key
         assert profile["last_order_date"] == m["last"], key
         assert profile["favourite_category"] == m["favourite_category"], key
-        scores = (profile["rfm_recency_score"], profile["rfm_frequency_score"],
-                  profile["rfm_monetary_score"], profile["rfm_segment"])
+        scores = (
+            profile["rfm_recency_score"],
+            profile["rfm_frequency_score"],
+            profile["rfm_monetary_score"],
+            profile["rfm_segment"],
+        )
         assert scores == m["rfm"], key
 
 

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,10 @@ from tests.conftest import free_port
 def c360(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "customer360.cli", *args],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
     )
 
 
@@ -32,16 +34,22 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 
 def test_missing_data_directory_is_one_clear_line(database, tmp_path):
-    result = c360("load", "--data-dir", str(tmp_path / "nowhere"), env={"C360_DATABASE_URL": database.dsn})
+    result = c360(
+        "load", "--data-dir", str(tmp_path / "nowhere"), env={"C360_DATABASE_URL": database.dsn}
+    )
     assert_one_line_error(result, "does not exist", "customers.csv")
 
 
-def test_a_file_missing_a_required_column_is_refused_naming_it(make_database, demo_data_dir, tmp_path):
+def test_a_file_missing_a_required_column_is_refused_naming_it(
+    make_database, demo_data_dir, tmp_path
+):
     settings = make_database()
     for name in ("products.csv", "transactions.csv"):
         shutil.copy(demo_data_dir / name, tmp_path / name)
-    with (demo_data_dir / "customers.csv").open(newline="", encoding="utf-8") as src, \
-            (tmp_path / "customers.csv").open("w", newline="", encoding="utf-8") as dst:
+    with (
+        (demo_data_dir / "customers.csv").open(newline="", encoding="utf-8") as src,
+        (tmp_path / "customers.csv").open("w", newline="", encoding="utf-8") as dst,
+    ):
         reader, writer = csv.reader(src), csv.writer(dst)
         for record in reader:
             writer.writerow(record[:3] + record[4:])  # drop the email column
@@ -61,8 +69,16 @@ def test_load_prints_progress_per_stage_and_the_report(make_database, demo_data_
     settings = make_database()
     result = c360("load", "--data-dir", str(demo_data_dir), env={"C360_DATABASE_URL": settings.dsn})
     assert result.returncode == 0, result.stderr
-    for stage in ("land_customers", "land_transactions", "quality_checks", "hubs", "links",
-                  "satellites", "reconciliation", "refresh_views"):
+    for stage in (
+        "land_customers",
+        "land_transactions",
+        "quality_checks",
+        "hubs",
+        "links",
+        "satellites",
+        "reconciliation",
+        "refresh_views",
+    ):
         assert stage in result.stdout
     assert "reconciliation: 13/13 checks passed" in result.stdout
 
@@ -77,18 +93,30 @@ def test_load_prints_progress_per_stage_and_the_report(make_database, demo_data_
     assert "hub_customer" in status.stdout
 
 
-def test_custom_source_mapping_loads_renamed_columns_and_formats(make_database, demo_data_dir, tmp_path):
+def test_custom_source_mapping_loads_renamed_columns_and_formats(
+    make_database, demo_data_dir, tmp_path
+):
     """A user's files with other headers, another date format and their own source names."""
     settings = make_database()
     shutil.copy(demo_data_dir / "products.csv", tmp_path / "products.csv")
     shutil.copy(demo_data_dir / "transactions.csv", tmp_path / "transactions.csv")
     kept = {}
-    with (demo_data_dir / "customers.csv").open(newline="", encoding="utf-8") as src, \
-            (tmp_path / "clients.csv").open("w", newline="", encoding="utf-8") as dst:
+    with (
+        (demo_data_dir / "customers.csv").open(newline="", encoding="utf-8") as src,
+        (tmp_path / "clients.csv").open("w", newline="", encoding="utf-8") as dst,
+    ):
         reader, writer = csv.reader(src), csv.writer(dst)
         header = next(reader)
-        writer.writerow(["ClientRef" if h == "customer_id" else
-                         "JoinedOn" if h == "signup_date" else h.upper() for h in header])
+        writer.writerow(
+            [
+                "ClientRef"
+                if h == "customer_id"
+                else "JoinedOn"
+                if h == "signup_date"
+                else h.upper()
+                for h in header
+            ]
+        )
         for record in reader:
             if len(record) == len(header) and record[0].strip() and "-" in record[8]:
                 y, m, d = record[8].split("-")
@@ -107,15 +135,21 @@ def test_custom_source_mapping_loads_renamed_columns_and_formats(make_database, 
         "    formats: {signup_date: DD/MM/YYYY}\n"
     )
 
-    result = c360("load", "--data-dir", str(tmp_path),
-                  env={"C360_DATABASE_URL": settings.dsn, "C360_SOURCES_CONFIG": str(config)})
+    result = c360(
+        "load",
+        "--data-dir",
+        str(tmp_path),
+        env={"C360_DATABASE_URL": settings.dsn, "C360_SOURCES_CONFIG": str(config)},
+    )
 
     assert result.returncode == 0, result.stderr
     import psycopg2
 
     conn = psycopg2.connect(settings.dsn)
     with conn.cursor() as cur:
-        cur.execute("select distinct record_source from raw_vault.hub_customer where customer_id <> '-1'")
+        cur.execute(
+            "select distinct record_source from raw_vault.hub_customer where customer_id <> '-1'"
+        )
         assert cur.fetchall() == [("crm.clients",)]
         cur.execute("select customer_id, signup_date::text from business_vault.vw_customer_360")
         loaded = dict(cur.fetchall())

@@ -15,8 +15,14 @@ from customer360.quality import ThresholdBreachedError
 from tests.expected import GHOST_ID, expected_after_next_day, expected_warehouse, normalise
 
 VAULT_TABLES = (
-    "hub_customer", "hub_product", "hub_order", "link_customer_order", "link_order_product",
-    "sat_customer_details", "sat_product_details", "sat_order_details",
+    "hub_customer",
+    "hub_product",
+    "hub_order",
+    "link_customer_order",
+    "link_order_product",
+    "sat_customer_details",
+    "sat_product_details",
+    "sat_order_details",
 )
 
 
@@ -75,7 +81,9 @@ def small_data(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_full_load_puts_every_clean_row_in_the_vault(loaded_warehouse, demo_data_dir):
     expected = expected_warehouse(demo_data_dir)
-    ghost_customer_orders = sum(1 for o in expected.orders.values() if o["customer_key"] == GHOST_ID)
+    ghost_customer_orders = sum(
+        1 for o in expected.orders.values() if o["customer_key"] == GHOST_ID
+    )
     assert ghost_customer_orders > 0  # the demo data exercises the ghost record
 
     counts = vault_counts(loaded_warehouse)
@@ -88,33 +96,42 @@ def test_full_load_puts_every_clean_row_in_the_vault(loaded_warehouse, demo_data
     assert counts["sat_customer_details"] == len(expected.customers)
     assert counts["sat_product_details"] == len(expected.products)
     assert counts["sat_order_details"] == len(expected.orders)
-    hub_ids = {row[0] for row in query(loaded_warehouse, "select customer_id from raw_vault.hub_customer")}
+    hub_ids = {
+        row[0] for row in query(loaded_warehouse, "select customer_id from raw_vault.hub_customer")
+    }
     assert hub_ids == set(expected.customers) | {GHOST_ID}
 
 
 def test_every_dirty_row_is_quarantined_with_its_reason(loaded_warehouse, demo_data_dir):
     expected = expected_warehouse(demo_data_dir)
     for file_name in ("customers.csv", "products.csv", "transactions.csv"):
-        rejected = set(query(
-            loaded_warehouse,
-            "select line_number, reason from audit.quarantine"
-            " where batch_id = 1 and source_file = %s and disposition = 'rejected'",
-            (file_name,),
-        ))
-        ghost_linked = set(query(
-            loaded_warehouse,
-            "select line_number, reason from audit.quarantine"
-            " where batch_id = 1 and source_file = %s and disposition = 'ghost_linked'",
-            (file_name,),
-        ))
+        rejected = set(
+            query(
+                loaded_warehouse,
+                "select line_number, reason from audit.quarantine"
+                " where batch_id = 1 and source_file = %s and disposition = 'rejected'",
+                (file_name,),
+            )
+        )
+        ghost_linked = set(
+            query(
+                loaded_warehouse,
+                "select line_number, reason from audit.quarantine"
+                " where batch_id = 1 and source_file = %s and disposition = 'ghost_linked'",
+                (file_name,),
+            )
+        )
         assert rejected == expected.rejected[file_name], file_name
         assert ghost_linked == expected.ghost_linked[file_name], file_name
 
 
 def test_quarantined_rows_keep_the_raw_values(loaded_warehouse, demo_data_dir):
     manifest = json.loads((demo_data_dir / "dirty_rows.json").read_text())
-    entry = next(e for e in manifest["dirty_rows"]
-                 if e["file"] == "transactions.csv" and e["kind"] == "negative_quantity")
+    entry = next(
+        e
+        for e in manifest["dirty_rows"]
+        if e["file"] == "transactions.csv" and e["kind"] == "negative_quantity"
+    )
     lines = (demo_data_dir / "transactions.csv").read_text(encoding="utf-8").splitlines()
     raw_fields = lines[entry["line"] - 1].split(",")
     (raw_row,) = query(
@@ -131,7 +148,7 @@ def test_quarantined_rows_keep_the_raw_values(loaded_warehouse, demo_data_dir):
 def test_batch_records_checksums_counts_and_reconciliation(loaded_warehouse, demo_data_dir):
     import hashlib
 
-    (files, counts, status), = query(
+    ((files, counts, status),) = query(
         loaded_warehouse,
         "select source_files, row_counts, status from audit.load_batch where batch_id = 1",
     )
@@ -140,8 +157,9 @@ def test_batch_records_checksums_counts_and_reconciliation(loaded_warehouse, dem
         content = (demo_data_dir / f"{source}.csv").read_bytes()
         assert files[source]["sha256"] == hashlib.sha256(content).hexdigest()
         assert counts["landed"][source]["data_rows"] == content.count(b"\n") - 1
-    checks = query(loaded_warehouse,
-                   "select check_name, passed from audit.reconciliation where batch_id = 1")
+    checks = query(
+        loaded_warehouse, "select check_name, passed from audit.reconciliation where batch_id = 1"
+    )
     assert len(checks) >= 10
     assert all(passed for _, passed in checks)
 
@@ -206,16 +224,20 @@ def test_next_day_updates_the_business_views(small_database, small_data):
     expected = expected_after_next_day(expected_warehouse(base), next_day)
 
     order_id = changes["changed_order_ids"][0]
-    (status,), = query(settings,
-                       "select order_status from business_vault.vw_order_analytics"
-                       " where order_id = %s", (order_id,))
+    ((status,),) = query(
+        settings,
+        "select order_status from business_vault.vw_order_analytics where order_id = %s",
+        (order_id,),
+    )
     assert status == expected.orders[order_id]["order_status"]
     product_id = changes["changed_product_ids"][0]
-    (price,), = query(settings,
-                      "select unit_price from business_vault.vw_product_analytics"
-                      " where product_id = %s", (product_id,))
+    ((price,),) = query(
+        settings,
+        "select unit_price from business_vault.vw_product_analytics where product_id = %s",
+        (product_id,),
+    )
     assert str(price) == expected.products[product_id]["unit_price"]
-    (customers,), = query(settings, "select count(*) from business_vault.vw_customer_360")
+    ((customers,),) = query(settings, "select count(*) from business_vault.vw_customer_360")
     assert customers == len(expected.customers)
 
 
@@ -232,7 +254,7 @@ def test_a_breached_threshold_fails_the_batch_and_leaves_the_vault_unchanged(
         run_batch(next_day, strict)
 
     assert vault_fingerprint(settings) == before
-    (status, message), = query(
+    ((status, message),) = query(
         settings, "select status, message from audit.load_batch order by batch_id desc limit 1"
     )
     assert status == "failed"
@@ -252,5 +274,7 @@ def test_a_second_batch_is_refused_while_one_is_loading(small_database, small_da
 
     fail_batch(running, "stopped by the test", settings)
     run_batch(base, settings)
-    (statuses,), = query(settings, "select array_agg(status order by batch_id) from audit.load_batch")
+    ((statuses,),) = query(
+        settings, "select array_agg(status order by batch_id) from audit.load_batch"
+    )
     assert statuses == ["failed", "succeeded"]
