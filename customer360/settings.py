@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=PROJECT_ROOT / "data" / "generated")
     landing_dir: Path | None = Field(
         default=None,
-        description="Airflow landing root: a logical date's files sit in <landing_dir>/<YYYY-MM-DD>/.",
+        description="Airflow landing root: files of a date are in <landing_dir>/<YYYY-MM-DD>/.",
     )
     sources_config: Path | None = Field(
         default=None, description="YAML mapping user files onto the canonical columns."
