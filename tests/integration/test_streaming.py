@@ -1,0 +1,619 @@
+"""The clickstream pipeline against a real Kafka broker and the real PostgreSQL warehouse.
+
+Every expected figure is computed here, from the events the test itself sent, by a separate
+fold over them; the consumer runs as real processes (`c360 stream consume`) that the tests
+stop with SIGTERM or kill with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg2
+import pytest
+from kafka import KafkaConsumer
+from kafka_fixtures import kafka_bootstrap  # noqa: F401  (the session's broker)
+
+from customer360 import realtime
+from customer360.settings import Settings
+from streaming.aggregate import aggregate
+from streaming.events import parse_event
+from streaming.producer import (
+    Catalog,
+    SessionSimulator,
+    create_producer,
+    encode_event,
+    ensure_topic,
+    send_events,
+)
+from streaming.sink import OffsetRange, Sink, StaleOffsetsError
+
+pytestmark = pytest.mark.kafka
+
+PRICED = {"add_to_cart", "remove_from_cart", "purchase"}
+COUNT_COLUMNS = {
+    "page_view": "page_views",
+    "product_view": "product_views",
+    "search": "searches",
+    "add_to_cart": "add_to_carts",
+    "remove_from_cart": "remove_from_carts",
+    "checkout": "checkouts",
+    "purchase": "purchases",
+}
+STREAMING_TABLES = (
+    "public.real_time_metrics, public.customer_activity, public.product_activity,"
+    " public.failed_events, public.consumer_offsets"
+)
+WAIT_SECONDS = 120
+
+
+@dataclass
+class Stream:
+    """One test's own topics and consumer group, and where its consumers write their logs."""
+
+    settings: Settings
+    topic: str
+    dlq_topic: str
+    group: str
+    log_dir: Path
+    consumers: list[ConsumerProcess] = field(default_factory=list)
+
+    def consumer(self, *extra: str) -> ConsumerProcess:
+        process = ConsumerProcess(self, len(self.consumers), list(extra))
+        self.consumers.append(process)
+        return process
+
+
+class ConsumerProcess:
+    """A `c360 stream consume` process of the test's group."""
+
+    def __init__(self, stream: Stream, number: int, extra: list[str]) -> None:
+        self.log_path = stream.log_dir / f"consumer-{number}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "customer360.cli",
+            "stream",
+            "consume",
+            "--topic",
+            stream.topic,
+            "--dlq-topic",
+            stream.dlq_topic,
+            "--group",
+            stream.group,
+            "--log-interval",
+            "2",
+            *extra,
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            )
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager would; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def consumed(self) -> int:
+        """The record count the process reported when it stopped."""
+        for line in reversed(self.output().splitlines()):
+            if line.startswith("consumed "):
+                return int(line.split()[1])
+        raise AssertionError(f"no summary line in {self.log_path}:\n{self.output()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def catalog(loaded_warehouse: Settings) -> Catalog:
+    """Customers and current prices of products of the loaded warehouse, by separate SQL."""
+    conn = psycopg2.connect(loaded_warehouse.dsn)
+    with conn.cursor() as cur:
+        cur.execute("select customer_id from raw_vault.hub_customer where customer_id <> '-1'")
+        customers = sorted(row[0] for row in cur.fetchall())
+        cur.execute(
+            """
+            select h.product_id,
+                   (select s.unit_price from raw_vault.sat_product_details s
+                    where s.product_hk = h.product_hk order by s.load_dts desc limit 1)
+            from raw_vault.hub_product h
+            where h.product_id <> '-1'
+            """
+        )
+        prices = {product_id: float(price) for product_id, price in cur.fetchall() if price}
+    conn.close()
+    assert customers and prices
+    return Catalog(customers, prices)
+
+
+@pytest.fixture
+def stream(
+    kafka_bootstrap: str,  # noqa: F811
+    loaded_warehouse: Settings,
+    tmp_path: Path,
+) -> Iterator[Stream]:
+    """Fresh topics and group for one test, and empty streaming tables before and after."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = loaded_warehouse.model_copy(update={"kafka_bootstrap_servers": kafka_bootstrap})
+    stream = Stream(
+        settings=settings,
+        topic=f"clicks_{suffix}",
+        dlq_topic=f"clicks_{suffix}_dlq",
+        group=f"group_{suffix}",
+        log_dir=tmp_path,
+    )
+    _truncate(settings)
+    ensure_topic(stream.topic, 6, settings)
+    yield stream
+    for consumer in stream.consumers:
+        if consumer.process.poll() is None:
+            consumer.kill()
+    _truncate(settings)
+
+
+def _truncate(settings: Settings) -> None:
+    conn = psycopg2.connect(settings.dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute(f"truncate {STREAMING_TABLES}")
+    conn.close()
+
+
+def _query(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(settings.dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def committed(stream: Stream) -> int:
+    """Records the group has written to PostgreSQL (partitions start at offset 0)."""
+    rows = _query(
+        stream.settings,
+        "select coalesce(sum(next_offset), 0) from public.consumer_offsets"
+        " where consumer_group = %s and topic = %s",
+        (stream.group, stream.topic),
+    )
+    return int(rows[0][0])
+
+
+def wait_until(condition: Callable[[], bool], what: str, stream: Stream) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            logs = "\n".join(c.output()[-3000:] for c in stream.consumers)
+            raise AssertionError(f"timed out waiting for {what}\n{logs}")
+        time.sleep(0.2)
+
+
+def stamped_sessions(catalog: Catalog, count: int, seed: int, start: datetime) -> list[dict]:
+    """``count`` simulated events with event times 0.25 s apart from ``start``."""
+    simulator = SessionSimulator(catalog, random.Random(seed))
+    events = []
+    for number, event in zip(range(count), simulator.events(), strict=False):
+        event["event_ts"] = (start + timedelta(milliseconds=250 * number)).isoformat()
+        events.append(event)
+    return events
+
+
+def send(stream: Stream, events: list[dict], rate: float | None = None) -> list:
+    """Send the events keyed by customer; returns their record metadata in send order."""
+    producer = create_producer(stream.settings)
+    futures = []
+    send_events(producer, stream.topic, events, rate=rate, on_sent=lambda _, f: futures.append(f))
+    producer.close()
+    return [future.get(timeout=30) for future in futures]
+
+
+def send_in_background(stream: Stream, events: list[dict], rate: float) -> threading.Thread:
+    thread = threading.Thread(target=send, args=(stream, events, rate), daemon=True)
+    thread.start()
+    return thread
+
+
+# --- The expected totals, folded here independently of streaming.aggregate ---------------
+
+
+def _ts(event: dict) -> datetime:
+    return datetime.fromisoformat(event["event_ts"].replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _amount(event: dict) -> Decimal:
+    if event["event_type"] not in PRICED:
+        return Decimal(0)
+    return Decimal(str(event["price"])) * event["quantity"]
+
+
+def expected_metrics(events: list[dict]) -> dict:
+    totals: dict = defaultdict(lambda: [0, Decimal(0)])
+    for event in events:
+        key = (_ts(event).replace(second=0, microsecond=0), event["event_type"])
+        totals[key][0] += 1
+        totals[key][1] += _amount(event)
+    return {key: (count, amount) for key, (count, amount) in totals.items()}
+
+
+def expected_customers(events: list[dict]) -> dict:
+    """Per customer, in send order (one customer's events share a partition, so order holds)."""
+    customers: dict = {}
+    for event in events:
+        row = customers.setdefault(
+            event["customer_id"],
+            {
+                **{column: 0 for column in COUNT_COLUMNS.values()},
+                "total_events": 0,
+                "cart_value": Decimal(0),
+                "purchased_value": Decimal(0),
+                "first_event_ts": None,
+                "last_event_ts": None,
+                "last_purchase_ts": None,
+            },
+        )
+        ts = _ts(event)
+        row[COUNT_COLUMNS[event["event_type"]]] += 1
+        row["total_events"] += 1
+        row["first_event_ts"] = min(filter(None, (row["first_event_ts"], ts)))
+        row["last_event_ts"] = max(filter(None, (row["last_event_ts"], ts)))
+        if event["event_type"] == "add_to_cart":
+            row["cart_value"] += _amount(event)
+        elif event["event_type"] == "remove_from_cart":
+            row["cart_value"] -= _amount(event)
+        elif event["event_type"] == "purchase":
+            row["cart_value"] = Decimal(0)
+            row["purchased_value"] += _amount(event)
+            row["last_purchase_ts"] = ts
+    return customers
+
+
+def expected_products(events: list[dict]) -> dict:
+    products: dict = {}
+    for event in events:
+        if event.get("product_id") is None:
+            continue
+        row = products.setdefault(
+            event["product_id"],
+            {
+                "views": 0,
+                "add_to_carts": 0,
+                "remove_from_carts": 0,
+                "purchases": 0,
+                "units_purchased": 0,
+                "purchased_value": Decimal(0),
+                "last_event_ts": None,
+            },
+        )
+        kind = event["event_type"]
+        if kind == "product_view":
+            row["views"] += 1
+        elif kind == "add_to_cart":
+            row["add_to_carts"] += 1
+        elif kind == "remove_from_cart":
+            row["remove_from_carts"] += 1
+        elif kind == "purchase":
+            row["purchases"] += 1
+            row["units_purchased"] += event["quantity"]
+            row["purchased_value"] += _amount(event)
+        row["last_event_ts"] = max(filter(None, (row["last_event_ts"], _ts(event))))
+    return products
+
+
+def assert_exact_totals(stream: Stream, events: list[dict]) -> None:
+    """Every row of the three aggregate tables equals the fold of the events sent."""
+    settings = stream.settings
+    metrics = {
+        (minute, kind): (count, amount)
+        for minute, kind, count, amount in _query(
+            settings,
+            "select minute_start, event_type, event_count, amount from public.real_time_metrics",
+        )
+    }
+    assert metrics == expected_metrics(events)
+
+    columns = [
+        *COUNT_COLUMNS.values(),
+        "total_events",
+        "cart_value",
+        "purchased_value",
+        "first_event_ts",
+        "last_event_ts",
+        "last_purchase_ts",
+    ]
+    customers = {
+        row[0]: dict(zip(columns, row[1:], strict=True))
+        for row in _query(
+            settings, f"select customer_id, {', '.join(columns)} from public.customer_activity"
+        )
+    }
+    expected = expected_customers(events)
+    assert customers.keys() == expected.keys()
+    for customer_id, row in expected.items():
+        assert customers[customer_id] == row, customer_id
+
+    product_columns = [
+        "views",
+        "add_to_carts",
+        "remove_from_carts",
+        "purchases",
+        "units_purchased",
+        "purchased_value",
+        "last_event_ts",
+    ]
+    products = {
+        row[0]: dict(zip(product_columns, row[1:], strict=True))
+        for row in _query(
+            settings,
+            f"select product_id, {', '.join(product_columns)} from public.product_activity",
+        )
+    }
+    assert products == expected_products(events)
+
+
+# --- Tests ----------------------------------------------------------------------------------
+
+
+def test_every_aggregate_is_exact(stream: Stream, catalog: Catalog) -> None:
+    start = datetime(2026, 3, 1, 9, 58, 30, tzinfo=UTC)
+    events = stamped_sessions(catalog, 4000, seed=7, start=start)
+    # A purchase followed by new cart additions in the same customer's stream.
+    customer, (product, price) = catalog.customer_ids[0], next(iter(catalog.product_prices.items()))
+    base = start + timedelta(minutes=30)
+    for offset, (kind, quantity) in enumerate(
+        [("add_to_cart", 2), ("purchase", 2), ("add_to_cart", 3), ("remove_from_cart", 1)]
+    ):
+        events.append(
+            {
+                "schema_version": 1,
+                "event_id": str(uuid.uuid4()),
+                "event_type": kind,
+                "customer_id": customer,
+                "product_id": product,
+                "session_id": str(uuid.uuid4()),
+                "event_ts": (base + timedelta(seconds=offset)).isoformat(),
+                "quantity": quantity,
+                "price": price,
+            }
+        )
+    metadata = send(stream, events)
+
+    consumer = stream.consumer()
+    wait_until(lambda: committed(stream) == len(events), "every record written", stream)
+    assert consumer.stop() == 0
+    assert consumer.consumed() == len(events)
+
+    assert_exact_totals(stream, events)
+    # The stored offsets are the partitions' ends, as the broker acknowledged them.
+    ends: dict = defaultdict(int)
+    for record in metadata:
+        ends[record.partition] = max(ends[record.partition], record.offset + 1)
+    stored = _query(
+        stream.settings,
+        "select partition, next_offset from public.consumer_offsets where consumer_group = %s",
+        (stream.group,),
+    )
+    assert dict(stored) == dict(ends)
+    assert len(ends) == 6
+    assert _query(stream.settings, "select count(*) from public.failed_events") == [(0,)]
+
+    # What the API shows for that customer, and for one the stream never saw.
+    expected = expected_customers(events)[customer]
+    conn = psycopg2.connect(stream.settings.dsn)
+    try:
+        activity = realtime.customer_activity(conn, customer)
+        unseen = realtime.customer_activity(conn.cursor(), "C-never-seen")
+    finally:
+        conn.close()
+    assert unseen is None
+    assert activity["events_by_type"] == {
+        column: expected[column] for column in realtime.ACTIVITY_COUNTERS
+    }
+    assert activity["total_events"] == expected["total_events"]
+    assert activity["cart_value"] == f"{expected['cart_value']:.2f}"
+    assert activity["purchased_value"] == f"{expected['purchased_value']:.2f}"
+    assert activity["last_event_ts"] == expected["last_event_ts"].isoformat()
+
+
+def test_malformed_events_go_to_dlq_and_failed_events(stream: Stream, catalog: Catalog) -> None:
+    valid = stamped_sessions(catalog, 300, seed=11, start=datetime(2026, 3, 2, 12, tzinfo=UTC))
+    good = valid[0]
+    malformed = {
+        b"{not json": "bad JSON",
+        b"[1, 2, 3]": "bad JSON",
+        b"\xff\xfe\x00": "bad JSON",
+        encode_event({k: v for k, v in good.items() if k != "customer_id"}): "missing field",
+        encode_event({**good, "event_type": "teleport"}): "unknown event_type",
+        encode_event({**good, "event_ts": "yesterday"}): "bad timestamp",
+        encode_event({**good, "event_ts": "2026-03-02T12:00:00"}): "bad timestamp",
+        encode_event(
+            {**good, "event_type": "add_to_cart", "product_id": "P1", "quantity": 1, "price": -5}
+        ): "bad price",
+    }
+    producer = create_producer(stream.settings)
+    sent_bad = {}
+    for number, event in enumerate(valid):
+        producer.send(stream.topic, key=event["customer_id"].encode(), value=encode_event(event))
+        if number % 40 == 0 and malformed:
+            raw, reason = malformed.popitem()
+            record = producer.send(stream.topic, key=b"bad", value=raw).get(timeout=30)
+            sent_bad[(record.partition, record.offset)] = (raw, reason)
+    producer.close()
+    assert not malformed and len(sent_bad) == 8
+    total = len(valid) + len(sent_bad)
+
+    consumer = stream.consumer()
+    wait_until(lambda: committed(stream) == total, "every record written", stream)
+    assert consumer.stop() == 0
+
+    assert_exact_totals(stream, valid)
+    failed = _query(
+        stream.settings,
+        "select source_topic, source_partition, source_offset, payload, reason, record_key"
+        " from public.failed_events",
+    )
+    assert {(row[1], row[2]) for row in failed} == set(sent_bad)
+    for topic, partition, offset, payload, reason, key in failed:
+        raw, expected_reason = sent_bad[(partition, offset)]
+        assert topic == stream.topic and bytes(payload) == raw and key == "bad"
+        assert reason.startswith(expected_reason), (reason, expected_reason)
+
+    dlq = KafkaConsumer(
+        stream.dlq_topic,
+        bootstrap_servers=stream.settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=5000,
+    )
+    dead_letters = {}
+    for record in dlq:
+        headers = {name: value.decode() for name, value in record.headers}
+        assert headers["source_topic"] == stream.topic
+        dead_letters[(int(headers["source_partition"]), int(headers["source_offset"]))] = (
+            record.value,
+            headers["reason"],
+        )
+    dlq.close()
+    assert {key: raw for key, (raw, _) in dead_letters.items()} == {
+        key: raw for key, (raw, _) in sent_bad.items()
+    }
+
+
+def test_kill_9_mid_stream_then_restart_counts_exactly(stream: Stream, catalog: Catalog) -> None:
+    events = stamped_sessions(catalog, 30_000, seed=21, start=datetime(2026, 3, 3, tzinfo=UTC))
+    first = stream.consumer("--batch-records", "500", "--batch-seconds", "0.05")
+    wait_until(lambda: _last_assignment_size(first) == 6, "the first assignment", stream)
+    sender = send_in_background(stream, events, rate=3000)
+    wait_until(lambda: committed(stream) >= 3000, "the first batches", stream)
+    first.kill()
+    written_at_kill = committed(stream)
+    assert 0 < written_at_kill < len(events)
+
+    second = stream.consumer("--batch-records", "500", "--batch-seconds", "0.05")
+    sender.join(timeout=WAIT_SECONDS)
+    wait_until(lambda: committed(stream) == len(events), "every record written", stream)
+    assert second.stop() == 0
+    assert_exact_totals(stream, events)
+
+
+def test_two_consumers_in_one_group_count_exactly(stream: Stream, catalog: Catalog) -> None:
+    consumers = [stream.consumer(), stream.consumer()]
+    # Both members hold partitions before any record arrives.
+    wait_until(
+        lambda: all(_last_assignment_size(c) == 3 for c in consumers), "a 3 + 3 split", stream
+    )
+    events = stamped_sessions(catalog, 20_000, seed=31, start=datetime(2026, 3, 4, tzinfo=UTC))
+    send(stream, events)
+    wait_until(lambda: committed(stream) == len(events), "every record written", stream)
+    assert [c.stop() for c in consumers] == [0, 0]
+    assert all(c.consumed() > 0 for c in consumers)
+    assert sum(c.consumed() for c in consumers) == len(events)
+    assert_exact_totals(stream, events)
+
+
+def test_rebalance_mid_stream_neither_loses_nor_duplicates(
+    stream: Stream, catalog: Catalog
+) -> None:
+    events = stamped_sessions(catalog, 45_000, seed=41, start=datetime(2026, 3, 5, tzinfo=UTC))
+    first = stream.consumer("--batch-records", "2000", "--batch-seconds", "0.1")
+    wait_until(lambda: _last_assignment_size(first) == 6, "the first assignment", stream)
+    sender = send_in_background(stream, events, rate=3000)
+    wait_until(lambda: committed(stream) >= 3000, "the first batches", stream)
+    second = stream.consumer("--batch-records", "2000", "--batch-seconds", "0.1")
+    wait_until(lambda: _last_assignment_size(second) == 3, "the rebalance", stream)
+    assert committed(stream) < len(events)
+    sender.join(timeout=WAIT_SECONDS)
+    wait_until(lambda: committed(stream) == len(events), "every record written", stream)
+    assert [first.stop(), second.stop()] == [0, 0]
+    assert second.consumed() > 0
+    assert first.consumed() + second.consumed() == len(events)
+    assert_exact_totals(stream, events)
+
+
+def test_a_batch_from_a_partition_owner_that_was_replaced_is_refused(
+    stream: Stream, catalog: Catalog
+) -> None:
+    event = stamped_sessions(catalog, 1, seed=51, start=datetime(2026, 3, 6, tzinfo=UTC))[0]
+    batch = aggregate([parse_event(encode_event(event))])
+    partition = (stream.topic, 0)
+    owner = Sink(psycopg2.connect(stream.settings.dsn), stream.group)
+    zombie = Sink(psycopg2.connect(stream.settings.dsn), stream.group)
+    try:
+        owner.write_batch(batch, [], {partition: OffsetRange(start=None, next_offset=1)})
+        # The replaced owner read the same first record and also believes no offset is stored.
+        with pytest.raises(StaleOffsetsError):
+            zombie.write_batch(batch, [], {partition: OffsetRange(start=None, next_offset=1)})
+        with pytest.raises(StaleOffsetsError):
+            zombie.write_batch(batch, [], {partition: OffsetRange(start=0, next_offset=1)})
+        owner.write_batch(batch, [], {partition: OffsetRange(start=1, next_offset=2)})
+    finally:
+        owner.close()
+        zombie.close()
+    assert _query(stream.settings, "select total_events from public.customer_activity") == [(2,)]
+    assert _query(
+        stream.settings,
+        "select next_offset from public.consumer_offsets where topic = %s",
+        (stream.topic,),
+    ) == [(2,)]
+
+
+def test_recent_metrics_lists_the_last_minutes_newest_first(
+    stream: Stream, catalog: Catalog
+) -> None:
+    now = datetime.now(UTC)
+    old = stamped_sessions(catalog, 50, seed=61, start=now - timedelta(hours=3))
+    recent = stamped_sessions(catalog, 400, seed=62, start=now - timedelta(minutes=1))
+    batch = aggregate([parse_event(encode_event(event)) for event in old + recent])
+    sink = Sink(psycopg2.connect(stream.settings.dsn), stream.group)
+    try:
+        sink.write_batch(batch, [], {(stream.topic, 0): OffsetRange(None, len(old + recent))})
+    finally:
+        sink.close()
+    conn = psycopg2.connect(stream.settings.dsn)
+    try:
+        rows = realtime.recent_metrics(conn, minutes=10)
+    finally:
+        conn.close()
+    # The events sent over the last minute or so; the ones of three hours ago are outside.
+    window_start = now - timedelta(minutes=10)
+    wanted = {
+        (minute, kind): (count, amount)
+        for (minute, kind), (count, amount) in expected_metrics(old + recent).items()
+        if minute >= window_start
+    }
+    assert {
+        (datetime.fromisoformat(row["minute_start"]), row["event_type"]): (
+            row["event_count"],
+            Decimal(row["amount"]),
+        )
+        for row in rows
+    } == wanted
+    minutes = [row["minute_start"] for row in rows]
+    assert minutes == sorted(minutes, reverse=True)
+
+
+def _last_assignment_size(consumer: ConsumerProcess) -> int:
+    lines = [line for line in consumer.output().splitlines() if " assigned " in line]
+    if not lines:
+        return 0
+    assigned = lines[-1].split(" assigned ", 1)[1]
+    return 0 if assigned.startswith("no partitions") else assigned.count("[")
