@@ -10,7 +10,6 @@ uses, so the DAG loads into the warehouse the CLI shows.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from customer360.errors import UserFacingError
+from customer360.processes import group_alive, signal_group
 from customer360.settings import PROJECT_ROOT, Settings, get_settings
 
 DAG_ID = "customer_data_pipeline"
@@ -236,12 +236,12 @@ def stop(settings: Settings | None = None, timeout: float = DEFAULT_STOP_TIMEOUT
     _pid_file(home).unlink(missing_ok=True)
     if pid is None:
         return False
-    _signal_group(pid, signal.SIGTERM)
+    signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _group_alive(pid) and time.monotonic() < deadline:
+    while group_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _group_alive(pid):
-        _signal_group(pid, signal.SIGKILL)
+    if group_alive(pid):
+        signal_group(pid, signal.SIGKILL)
     return True
 
 
@@ -362,7 +362,7 @@ def _wait_until_ready(settings: Settings, home: Path, pid: int, timeout: float, 
     deadline = time.monotonic() + timeout
     stage = "waiting for the API server"
     while time.monotonic() < deadline:
-        if not _group_alive(pid):
+        if not group_alive(pid):
             _pid_file(home).unlink(missing_ok=True)
             raise UserFacingError(
                 f"airflow standalone exited during startup; see {_log_file(home)}:"
@@ -424,7 +424,7 @@ def _running_pid(home: Path) -> int | None:
         pid = int(_pid_file(home).read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-    if not _group_alive(pid):
+    if not group_alive(pid):
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -432,36 +432,6 @@ def _running_pid(home: Path) -> int | None:
         # The leader has gone while its group lives on; the group is still ours to stop.
         return pid
     return pid if b"airflow" in cmdline else None
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs; zombies waiting to be reaped do not count."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pgid, os.WNOHANG)
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for stat_file in proc.glob("[0-9]*/stat"):
-        try:
-            # The command name may contain spaces; the fields after its closing parenthesis do not.
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        state, process_group = fields[0], int(fields[2])
-        if process_group == pgid and state not in ("Z", "X"):
-            return True
-    return False
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
 
 
 def _port_in_use(port: int) -> bool:

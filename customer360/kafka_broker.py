@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from customer360.errors import UserFacingError
+from customer360.processes import process_alive
 from customer360.settings import PROJECT_ROOT, Settings, get_settings
 
 POM_FILE = PROJECT_ROOT / "streaming" / "broker" / "pom.xml"
@@ -226,11 +227,11 @@ class KafkaBroker:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+            while process_alive(pid):
                 time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
         return True
@@ -248,7 +249,7 @@ class KafkaBroker:
             return None
         if "kafka.Kafka" not in command_line or str(self.config_file) not in command_line:
             return None
-        return pid if _alive(pid) else None
+        return pid if process_alive(pid) else None
 
     def is_ready(self) -> bool:
         """True when the broker answers a metadata request."""
@@ -378,22 +379,3 @@ def _broker_answers(bootstrap_servers: str) -> bool:
         return False
     finally:
         admin.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has exited but not been reaped by its (other) parent.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"

@@ -3,7 +3,6 @@ started detached, with a pid file and a log under ``<work_dir>/run``, and stoppe
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -11,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from customer360.processes import group_alive, signal_group
 from customer360.settings import Settings, get_settings
 
 
@@ -69,12 +69,12 @@ class BackgroundService:
         pid = self.pid()
         if pid is None:
             return False
-        _signal_group(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and group_alive(pid):
             time.sleep(0.2)
-        if _alive(pid):
-            _signal_group(pid, signal.SIGKILL)
+        if group_alive(pid):
+            signal_group(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -86,22 +86,3 @@ def c360_service(name: str, *args: str, settings: Settings | None = None) -> Bac
     return BackgroundService(
         name, (sys.executable, "-m", "customer360.cli", *args), settings or get_settings()
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        finished, _ = os.waitpid(pid, os.WNOHANG)
-        if finished == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
