@@ -319,13 +319,19 @@ def run_batch(
             for source in SOURCE_NAMES:
                 notify(f"land_{source}", load_staging(batch_id, source, settings))
             notify("quality_checks", check_staging(batch_id, settings))
-            notify("hubs", load_hubs(batch_id, settings))
-            # Links and satellites depend only on the hubs: load them side by side.
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                links = pool.submit(load_links, batch_id, settings)
-                satellites = pool.submit(load_satellites, batch_id, settings)
-                notify("links", links.result())
-                notify("satellites", satellites.result())
+            # Hash keys are computed in staging and the vault has no foreign keys, so hubs,
+            # links and satellites load side by side; reconciliation then checks them together.
+            with ThreadPoolExecutor(max_workers=3) as pool:
+                loads = {
+                    stage: pool.submit(load, batch_id, settings)
+                    for stage, load in (
+                        ("hubs", load_hubs),
+                        ("links", load_links),
+                        ("satellites", load_satellites),
+                    )
+                }
+                for stage, future in loads.items():
+                    notify(stage, future.result())
             notify("reconciliation", {"checks": len(reconcile(batch_id, settings))})
             refresh_business_views(batch_id, settings)
             notify("refresh_views", {})
