@@ -23,7 +23,7 @@ system-deps: install
 	scripts/install_system_deps.sh
 
 # Main command: set everything up and run the platform (database, load, API, Airflow, stream).
-demo: install system-deps
+demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/c360 demo
 
 # Test command: the whole suite against real PostgreSQL, Kafka, Airflow and Chromium.
