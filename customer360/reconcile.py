@@ -1,88 +1,108 @@
-"""Post-load reconciliation: what was staged for a batch must be exactly what reached the vault."""
+"""Post-load reconciliation: what was staged for a batch must be exactly what reached the vault.
+
+One pass per source joins each staged row to its hub, its links and the latest version of its
+satellite, and counts what it finds; every count must equal the number of staged rows.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from customer360.quality import GHOST_KEY
 
-# Each check: name -> (SQL for the expected value, SQL for the actual value).
-CHECKS: dict[str, tuple[str, str]] = {
-    "hub_customer_has_every_staged_customer": (
-        "select count(*) from staging.stg_customers where batch_id = %(batch_id)s",
-        """select count(*) from staging.stg_customers as stg
-           join raw_vault.hub_customer using (customer_hk) where stg.batch_id = %(batch_id)s""",
+
+@dataclass(frozen=True)
+class SourceChecks:
+    """How one source's staged rows are found in the vault."""
+
+    noun: str  # what one staged row is, for the check names
+    staging: str
+    key: str
+    satellite: str
+    joins: dict[str, tuple[str, str]]  # check name -> (vault table, join column)
+    amounts: bool = False  # also reconcile the order amounts
+
+
+SOURCES = {
+    "customers": SourceChecks(
+        "customer",
+        "stg_customers",
+        "customer_hk",
+        "sat_customer_details",
+        {"hub_customer_has_every_staged_customer": ("hub_customer", "customer_hk")},
     ),
-    "hub_product_has_every_staged_product": (
-        "select count(*) from staging.stg_products where batch_id = %(batch_id)s",
-        """select count(*) from staging.stg_products as stg
-           join raw_vault.hub_product using (product_hk) where stg.batch_id = %(batch_id)s""",
+    "products": SourceChecks(
+        "product",
+        "stg_products",
+        "product_hk",
+        "sat_product_details",
+        {"hub_product_has_every_staged_product": ("hub_product", "product_hk")},
     ),
-    "hub_order_has_every_staged_order": (
-        "select count(*) from staging.stg_transactions where batch_id = %(batch_id)s",
-        """select count(*) from staging.stg_transactions as stg
-           join raw_vault.hub_order using (order_hk) where stg.batch_id = %(batch_id)s""",
-    ),
-    "link_customer_order_has_every_staged_order": (
-        "select count(*) from staging.stg_transactions where batch_id = %(batch_id)s",
-        """select count(*) from staging.stg_transactions as stg
-           join raw_vault.link_customer_order using (customer_order_hk)
-           where stg.batch_id = %(batch_id)s""",
-    ),
-    "link_order_product_has_every_staged_order": (
-        "select count(*) from staging.stg_transactions where batch_id = %(batch_id)s",
-        """select count(*) from staging.stg_transactions as stg
-           join raw_vault.link_order_product using (order_product_hk)
-           where stg.batch_id = %(batch_id)s""",
-    ),
-    "sat_customer_details_current_for_every_staged_customer": (
-        "select count(*) from staging.stg_customers where batch_id = %(batch_id)s",
-        """select count(*) from staging.stg_customers as stg
-           cross join lateral (
-               select hashdiff from raw_vault.sat_customer_details as sat
-               where sat.customer_hk = stg.customer_hk order by load_dts desc limit 1
-           ) as latest
-           where stg.batch_id = %(batch_id)s and latest.hashdiff = stg.hashdiff""",
-    ),
-    "sat_product_details_current_for_every_staged_product": (
-        "select count(*) from staging.stg_products where batch_id = %(batch_id)s",
-        """select count(*) from staging.stg_products as stg
-           cross join lateral (
-               select hashdiff from raw_vault.sat_product_details as sat
-               where sat.product_hk = stg.product_hk order by load_dts desc limit 1
-           ) as latest
-           where stg.batch_id = %(batch_id)s and latest.hashdiff = stg.hashdiff""",
-    ),
-    "sat_order_details_current_for_every_staged_order": (
-        "select count(*) from staging.stg_transactions where batch_id = %(batch_id)s",
-        """select count(*) from staging.stg_transactions as stg
-           cross join lateral (
-               select hashdiff from raw_vault.sat_order_details as sat
-               where sat.order_hk = stg.order_hk order by load_dts desc limit 1
-           ) as latest
-           where stg.batch_id = %(batch_id)s and latest.hashdiff = stg.hashdiff""",
-    ),
-    "order_amount_total_matches_staging": (
-        """select coalesce(sum(total_amount), 0) from staging.stg_transactions
-           where batch_id = %(batch_id)s""",
-        """select coalesce(sum(latest.total_amount), 0) from staging.stg_transactions as stg
-           cross join lateral (
-               select total_amount from raw_vault.sat_order_details as sat
-               where sat.order_hk = stg.order_hk order by load_dts desc limit 1
-           ) as latest
-           where stg.batch_id = %(batch_id)s""",
-    ),
-    "ghost_linked_orders_are_reported": (
-        f"""select count(*) from staging.stg_transactions where batch_id = %(batch_id)s
-            and (customer_hk = '{GHOST_KEY}' or product_hk = '{GHOST_KEY}')""",
-        """select count(*) from audit.quarantine
-           where batch_id = %(batch_id)s and disposition = 'ghost_linked'""",
+    "transactions": SourceChecks(
+        "order",
+        "stg_transactions",
+        "order_hk",
+        "sat_order_details",
+        {
+            "hub_order_has_every_staged_order": ("hub_order", "order_hk"),
+            "link_customer_order_has_every_staged_order": (
+                "link_customer_order",
+                "customer_order_hk",
+            ),
+            "link_order_product_has_every_staged_order": ("link_order_product", "order_product_hk"),
+        },
+        amounts=True,
     ),
 }
+
+
+def _one_pass(source: SourceChecks) -> str:
+    """Counts of the staged rows and of those found in each vault table, in one statement."""
+    found = [
+        f"count(j{number}.{column}) as {name}"
+        for number, (name, (_, column)) in enumerate(source.joins.items())
+    ]
+    joins = "\n".join(
+        f"left join raw_vault.{table} as j{number} on j{number}.{column} = stg.{column}"
+        for number, (table, column) in enumerate(source.joins.values())
+    )
+    amounts = (
+        ", coalesce(sum(stg.total_amount), 0) as staged_amount,"
+        " coalesce(sum(latest.total_amount), 0) as vault_amount"
+        if source.amounts
+        else ""
+    )
+    return f"""
+        select count(*) as staged,
+               {", ".join(found)},
+               count(*) filter (where latest.hashdiff = stg.hashdiff) as satellite_current
+               {amounts}
+        from staging.{source.staging} as stg
+        {joins}
+        left join lateral (
+            select sat.hashdiff{", sat.total_amount" if source.amounts else ""}
+            from raw_vault.{source.satellite} as sat
+            where sat.{source.key} = stg.{source.key}
+            order by sat.load_dts desc
+            limit 1
+        ) as latest on true
+        where stg.batch_id = %(batch_id)s
+    """
+
 
 # Every data row of every file is either staged or rejected: nothing is lost.
 ROWS_ACCOUNTED_FOR = """
     select (select count(*) from staging.stg_{source} where batch_id = %(batch_id)s)
          + (select count(*) from audit.quarantine
             where batch_id = %(batch_id)s and source = '{source}' and disposition = 'rejected')
+"""
+
+# Every order linked to a ghost record is listed in the quarantine as 'ghost_linked'.
+GHOST_LINKED = f"""
+    select (select count(*) from staging.stg_transactions where batch_id = %(batch_id)s
+            and (customer_hk = '{GHOST_KEY}' or product_hk = '{GHOST_KEY}')),
+           (select count(*) from audit.quarantine
+            where batch_id = %(batch_id)s and disposition = 'ghost_linked')
 """
 
 
@@ -93,11 +113,31 @@ def reconcile_batch(cursor, batch_id: int, data_rows: dict[str, int]) -> list[di
     for source, expected in data_rows.items():
         cursor.execute(ROWS_ACCOUNTED_FOR.format(source=source), params)
         results.append(_result(f"{source}_rows_accounted_for", expected, cursor.fetchone()[0]))
-    for name, (expected_sql, actual_sql) in CHECKS.items():
-        cursor.execute(expected_sql, params)
-        expected = cursor.fetchone()[0]
-        cursor.execute(actual_sql, params)
-        results.append(_result(name, expected, cursor.fetchone()[0]))
+    for checks in SOURCES.values():
+        cursor.execute(_one_pass(checks), params)
+        names = [column.name for column in cursor.description]
+        counts = dict(zip(names, cursor.fetchone(), strict=True))
+        staged = counts["staged"]
+        for name in checks.joins:
+            results.append(_result(name, staged, counts[name]))
+        results.append(
+            _result(
+                f"{checks.satellite}_current_for_every_staged_{checks.noun}",
+                staged,
+                counts["satellite_current"],
+            )
+        )
+        if checks.amounts:
+            results.append(
+                _result(
+                    "order_amount_total_matches_staging",
+                    counts["staged_amount"],
+                    counts["vault_amount"],
+                )
+            )
+    cursor.execute(GHOST_LINKED, params)
+    expected, actual = cursor.fetchone()
+    results.append(_result("ghost_linked_orders_are_reported", expected, actual))
     cursor.execute("delete from audit.reconciliation where batch_id = %s", (batch_id,))
     cursor.executemany(
         """insert into audit.reconciliation (batch_id, check_name, expected, actual, passed)
