@@ -28,6 +28,7 @@ from kafka import KafkaConsumer
 from kafka_fixtures import kafka_bootstrap  # noqa: F401  (the session's broker)
 
 from customer360 import realtime
+from customer360.errors import UserFacingError
 from customer360.settings import Settings
 from streaming.aggregate import aggregate
 from streaming.events import parse_event
@@ -199,9 +200,13 @@ def committed(stream: Stream) -> int:
     return int(rows[0][0])
 
 
-def wait_until(condition: Callable[[], bool], what: str, stream: Stream) -> None:
+def wait_until(
+    condition: Callable[[], bool], what: str, stream: Stream, sender: BackgroundSender | None = None
+) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while not condition():
+        if sender is not None:
+            sender.check()
         if time.monotonic() > deadline:
             logs = "\n".join(c.output()[-3000:] for c in stream.consumers)
             raise AssertionError(f"timed out waiting for {what}\n{logs}")
@@ -220,17 +225,44 @@ def stamped_sessions(catalog: Catalog, count: int, seed: int, start: datetime) -
 
 def send(stream: Stream, events: list[dict], rate: float | None = None) -> list:
     """Send the events keyed by customer; returns their record metadata in send order."""
-    producer = create_producer(stream.settings)
+    # A broker busy with other tests can be slow to answer a new client: making the producer
+    # sends nothing, so it may be tried again.
+    for attempt in range(3):
+        try:
+            producer = create_producer(stream.settings)
+            break
+        except UserFacingError:
+            if attempt == 2:
+                raise
     futures = []
     send_events(producer, stream.topic, events, rate=rate, on_sent=lambda _, f: futures.append(f))
     producer.close()
     return [future.get(timeout=30) for future in futures]
 
 
-def send_in_background(stream: Stream, events: list[dict], rate: float) -> threading.Thread:
-    thread = threading.Thread(target=send, args=(stream, events, rate), daemon=True)
-    thread.start()
-    return thread
+class BackgroundSender(threading.Thread):
+    """Sends the events from a thread; a failure is kept and raised by ``check``."""
+
+    def __init__(self, stream: Stream, events: list[dict], rate: float) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.events, self.rate = stream, events, rate
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            send(self.stream, self.events, self.rate)
+        except BaseException as exc:  # surfaced to the test by check()
+            self.error = exc
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise AssertionError(f"sending the events failed: {self.error!r}") from self.error
+
+
+def send_in_background(stream: Stream, events: list[dict], rate: float) -> BackgroundSender:
+    sender = BackgroundSender(stream, events, rate)
+    sender.start()
+    return sender
 
 
 # --- The expected totals, folded here independently of streaming.aggregate ---------------
@@ -503,13 +535,14 @@ def test_kill_9_mid_stream_then_restart_counts_exactly(stream: Stream, catalog: 
     first = stream.consumer("--batch-records", "500", "--batch-seconds", "0.05")
     wait_until(lambda: _last_assignment_size(first) == 6, "the first assignment", stream)
     sender = send_in_background(stream, events, rate=3000)
-    wait_until(lambda: committed(stream) >= 3000, "the first batches", stream)
+    wait_until(lambda: committed(stream) >= 3000, "the first batches", stream, sender)
     first.kill()
     written_at_kill = committed(stream)
     assert 0 < written_at_kill < len(events)
 
     second = stream.consumer("--batch-records", "500", "--batch-seconds", "0.05")
     sender.join(timeout=WAIT_SECONDS)
+    sender.check()
     wait_until(lambda: committed(stream) == len(events), "every record written", stream)
     assert second.stop() == 0
     assert_exact_totals(stream, events)
@@ -537,11 +570,12 @@ def test_rebalance_mid_stream_neither_loses_nor_duplicates(
     first = stream.consumer("--batch-records", "2000", "--batch-seconds", "0.1")
     wait_until(lambda: _last_assignment_size(first) == 6, "the first assignment", stream)
     sender = send_in_background(stream, events, rate=3000)
-    wait_until(lambda: committed(stream) >= 3000, "the first batches", stream)
+    wait_until(lambda: committed(stream) >= 3000, "the first batches", stream, sender)
     second = stream.consumer("--batch-records", "2000", "--batch-seconds", "0.1")
     wait_until(lambda: _last_assignment_size(second) == 3, "the rebalance", stream)
     assert committed(stream) < len(events)
     sender.join(timeout=WAIT_SECONDS)
+    sender.check()
     wait_until(lambda: committed(stream) == len(events), "every record written", stream)
     assert [first.stop(), second.stop()] == [0, 0]
     assert second.consumed() > 0
