@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from customer360.errors import UserFacingError
+from customer360.sources import CANONICAL_ORDER
 
 # Dates are relative to this day, not to today, so that reruns give the same files.
 REFERENCE_DATE = date(2026, 1, 1)
@@ -49,31 +50,10 @@ TRANSACTIONS_FILE = "transactions.csv"
 MANIFEST_FILE = "dirty_rows.json"
 CHANGES_FILE = "changes.json"
 
-CUSTOMER_COLUMNS = [
-    "customer_id",
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "city",
-    "state",
-    "country",
-    "signup_date",
-    "customer_segment",
-]
-PRODUCT_COLUMNS = ["product_id", "product_name", "category", "brand", "unit_price", "cost"]
-TRANSACTION_COLUMNS = [
-    "transaction_id",
-    "customer_id",
-    "product_id",
-    "quantity",
-    "unit_price",
-    "discount",
-    "total_amount",
-    "transaction_ts",
-    "payment_method",
-    "order_status",
-]
+# The canonical headers of the input contract.
+CUSTOMER_COLUMNS = list(CANONICAL_ORDER["customers"])
+PRODUCT_COLUMNS = list(CANONICAL_ORDER["products"])
+TRANSACTION_COLUMNS = list(CANONICAL_ORDER["transactions"])
 
 # The reasons the loader quarantines a row; the manifest uses exactly these strings.
 MISSING_KEY = "missing_key"

@@ -84,6 +84,10 @@ SATELLITE_STATEMENTS = {
 }
 
 
+# Every raw vault table, in load order.
+VAULT_TABLES = (*HUB_STATEMENTS, *LINK_STATEMENTS, *SATELLITE_STATEMENTS)
+
+
 def run_statements(cursor, statements: dict[str, str], batch_id: int, load_dts) -> dict[str, int]:
     """Run each statement for the batch; returns the rows each one inserted."""
     inserted: dict[str, int] = {}

@@ -10,6 +10,7 @@ from pathlib import Path
 from customer360.db import transaction
 from customer360.pipeline import batch_report, run_batch
 from customer360.settings import get_settings
+from customer360.vault import VAULT_TABLES
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -66,16 +67,7 @@ def status_command(args: argparse.Namespace) -> int:
         )
         batches = cur.fetchall()
         counts = {}
-        for table in (
-            "hub_customer",
-            "hub_product",
-            "hub_order",
-            "link_customer_order",
-            "link_order_product",
-            "sat_customer_details",
-            "sat_product_details",
-            "sat_order_details",
-        ):
+        for table in VAULT_TABLES:
             cur.execute(f"select count(*) from raw_vault.{table}")
             counts[table] = cur.fetchone()[0]
     print("recent batches:")

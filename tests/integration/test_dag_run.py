@@ -15,6 +15,7 @@ import pytest
 
 from customer360 import airflow_local
 from customer360.settings import PROJECT_ROOT, Settings
+from customer360.vault import VAULT_TABLES
 from tests.expected import GHOST_ID, expected_warehouse
 
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(1800)]
@@ -31,16 +32,6 @@ VAULT_TASKS = [
     "run_report",
 ]
 ALL_TASKS = ["start_batch", *STAGING_TASKS, "quality_check_staging", *VAULT_TASKS]
-VAULT_TABLES = [
-    "hub_customer",
-    "hub_product",
-    "hub_order",
-    "link_customer_order",
-    "link_order_product",
-    "sat_customer_details",
-    "sat_product_details",
-    "sat_order_details",
-]
 
 
 @pytest.fixture(scope="module")

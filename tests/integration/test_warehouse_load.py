@@ -12,18 +12,8 @@ import pytest
 from customer360.generator import generate_dataset, generate_next_day
 from customer360.pipeline import run_batch
 from customer360.quality import ThresholdBreachedError
+from customer360.vault import VAULT_TABLES
 from tests.expected import GHOST_ID, expected_after_next_day, expected_warehouse, normalise
-
-VAULT_TABLES = (
-    "hub_customer",
-    "hub_product",
-    "hub_order",
-    "link_customer_order",
-    "link_order_product",
-    "sat_customer_details",
-    "sat_product_details",
-    "sat_order_details",
-)
 
 
 def vault_counts(settings) -> dict[str, int]:
