@@ -1,9 +1,10 @@
 """Benchmark of the warehouse load: seconds per stage and the loader's peak memory, for the
 default scale and for 1,000,000 transactions, each followed by its next-day snapshot.
 
-Runs on its own embedded PostgreSQL (temporary data directory, free port) and prints JSON:
+Runs on its own embedded PostgreSQL (a temporary directory, deleted afterwards, unless
+--work-dir names one to keep; a free port) and prints JSON:
 
-    python bench/bench_warehouse.py [--scales default,1m] [--keep]
+    python bench/bench_warehouse.py [--scales default,1m] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -112,6 +114,8 @@ def main() -> None:
             }
     finally:
         server.stop()
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))
 
 

@@ -26,6 +26,7 @@ SERVER_OPTIONS = {
     "work_mem": "64MB",
     "maintenance_work_mem": "512MB",
     "max_wal_size": "4GB",
+    "wal_buffers": "128MB",
     "checkpoint_timeout": "15min",
     "max_connections": "200",
     "wal_level": "minimal",

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from psycopg2.extras import Json
@@ -20,7 +21,12 @@ from psycopg2.extras import Json
 from customer360.db import connect, transaction
 from customer360.errors import UserFacingError
 from customer360.landing import check_header, land_file
-from customer360.quality import ThresholdBreachedError, check_source, staging_specs
+from customer360.quality import (
+    ThresholdBreachedError,
+    check_source,
+    record_ghost_links,
+    staging_specs,
+)
 from customer360.reconcile import reconcile_batch
 from customer360.settings import Settings, get_settings
 from customer360.sources import SOURCE_NAMES, load_source_specs
@@ -157,10 +163,22 @@ def check_staging(batch_id: int, settings: Settings | None = None) -> dict:
         )
         for name in SOURCE_NAMES:
             cur.execute(f"delete from staging.stg_{name} where batch_id = %s", (batch_id,))
-        for name in SOURCE_NAMES:  # customers and products first: transactions refer to them
-            check_source(cur, specs[name], rules[name], batch_id)
-            # Fresh statistics keep the planner from guessing on tables filled moments ago.
-            cur.execute(f"analyze staging.stg_{name}")
+
+    def check(name: str, share: int) -> None:
+        with transaction(settings) as cur:
+            check_source(cur, specs[name], rules[name], batch_id, share, shares)
+
+    # Each source is checked in shares of its keys, side by side; customers and products
+    # first, because transactions refer to them.
+    shares = settings.load_parallelism
+    for names in (("customers", "products"), ("transactions",)):
+        run_side_by_side([partial(check, name, share) for name in names for share in range(shares)])
+        with transaction(settings) as cur:
+            for name in names:
+                # Fresh statistics keep the planner from guessing on tables filled moments ago.
+                cur.execute(f"analyze staging.stg_{name}")
+    with transaction(settings) as cur:
+        record_ghost_links(cur, batch_id)
         staged = {}
         for name in SOURCE_NAMES:
             cur.execute(f"select count(*) from staging.stg_{name} where batch_id = %s", (batch_id,))
@@ -256,9 +274,7 @@ def refresh_business_views(batch_id: int, settings: Settings | None = None) -> N
         with transaction(settings) as cur:
             cur.execute("call business_vault.refresh_view(%s)", (view,))
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for done in [pool.submit(refresh, view) for view in DERIVED_VIEWS]:
-            done.result()
+    run_side_by_side([partial(refresh, view) for view in DERIVED_VIEWS])
     with transaction(settings) as cur:
         _record_timing(cur, batch_id, "refresh_views", started)
 
@@ -316,24 +332,27 @@ def run_batch(
         batch_id = start_batch(Path(data_dir), settings)
         notify("start", {"batch_id": batch_id})
         try:
-            for source in SOURCE_NAMES:
-                notify(f"land_{source}", load_staging(batch_id, source, settings))
+            landed = run_side_by_side(
+                [partial(load_staging, batch_id, source, settings) for source in SOURCE_NAMES]
+            )
+            for source, counts in zip(SOURCE_NAMES, landed, strict=True):
+                notify(f"land_{source}", counts)
             notify("quality_checks", check_staging(batch_id, settings))
             # Hash keys are computed in staging and the vault has no foreign keys, so hubs,
             # links and satellites load side by side; reconciliation then checks them together.
-            with ThreadPoolExecutor(max_workers=3) as pool:
-                loads = {
-                    stage: pool.submit(load, batch_id, settings)
-                    for stage, load in (
-                        ("hubs", load_hubs),
-                        ("links", load_links),
-                        ("satellites", load_satellites),
-                    )
-                }
-                for stage, future in loads.items():
-                    notify(stage, future.result())
-            notify("reconciliation", {"checks": len(reconcile(batch_id, settings))})
-            refresh_business_views(batch_id, settings)
+            loads = (("hubs", load_hubs), ("links", load_links), ("satellites", load_satellites))
+            inserted = run_side_by_side([partial(load, batch_id, settings) for _, load in loads])
+            for (stage, _), counts in zip(loads, inserted, strict=True):
+                notify(stage, counts)
+            # The views read only the vault, so they are rebuilt while it is reconciled; a
+            # failed reconciliation still fails the batch.
+            checks, _ = run_side_by_side(
+                [
+                    partial(reconcile, batch_id, settings),
+                    partial(refresh_business_views, batch_id, settings),
+                ]
+            )
+            notify("reconciliation", {"checks": len(checks)})
             notify("refresh_views", {})
         except (ThresholdBreachedError, ReconciliationError):
             raise
@@ -360,6 +379,16 @@ def batch_report(batch_id: int | None = None, settings: Settings | None = None) 
         report = _build_report(cur, batch_id)
         report["status"], report["message"] = row
         return report
+
+
+def run_side_by_side(calls: list[Callable[[], object]]) -> list:
+    """Run independent steps at once, each on its own connection; returns their results in
+    order, or raises the first step's error after all have ended."""
+    if len(calls) == 1:
+        return [calls[0]()]
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+    return [future.result() for future in futures]
 
 
 def _load_vault(batch_id: int, stage: str, statements: dict[str, str], settings) -> dict:

@@ -240,13 +240,21 @@ def staging_statement(spec: StagingSpec) -> str:
     joins = _REFERENCE_JOINS if spec.source == "transactions" else ""
     key = spec.key_column
     return f"""
-        with landed as (
-            select raw.*,
-                   raw_vault.normalise_key(raw.{key}) as business_key,
-                   row_number() over (partition by {raw_columns} order by raw.line_number)
-                       as copy_number
+        with keyed as (
+            select raw.*, raw_vault.normalise_key(raw.{key}) as business_key
             from staging.raw_{spec.source} as raw
             where raw.batch_id = %(batch_id)s
+        ),
+
+        -- This statement's share of the keys (see check_source); copies of a row and rows
+        -- sharing a key always fall in the same share.
+        landed as (
+            select keyed.*,
+                   row_number() over (partition by {raw_columns} order by line_number)
+                       as copy_number
+            from keyed
+            where mod(hashtext(coalesce(business_key, ''))::bigint + 2147483648,
+                      %(shares)s) = %(share)s
         ),
 
         classified as (
@@ -343,12 +351,27 @@ GHOST_LINKED_STATEMENT = f"""
 """
 
 
-def check_source(cursor, spec: SourceSpec, staging_spec: StagingSpec, batch_id: int) -> None:
-    """Run one source's quality checks for a batch (customers and products before transactions)."""
+def check_source(
+    cursor, spec: SourceSpec, staging_spec: StagingSpec, batch_id: int, share: int, shares: int
+) -> None:
+    """Run one source's quality checks on one share of its business keys.
+
+    The shares split the work so that several connections check a source side by side;
+    each key, with its duplicates, lies in exactly one share. Customers and products are
+    checked before transactions, which refer to them.
+    """
     cursor.execute("set local timezone = %s", (spec.timezone,))
     cursor.execute(
         staging_statement(staging_spec),
-        {"batch_id": batch_id, "record_source": spec.record_source},
+        {
+            "batch_id": batch_id,
+            "record_source": spec.record_source,
+            "share": share,
+            "shares": shares,
+        },
     )
-    if spec.name == "transactions":
-        cursor.execute(GHOST_LINKED_STATEMENT, {"batch_id": batch_id})
+
+
+def record_ghost_links(cursor, batch_id: int) -> None:
+    """List the batch's transactions that were linked to a ghost record in the quarantine."""
+    cursor.execute(GHOST_LINKED_STATEMENT, {"batch_id": batch_id})

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     min_products: int = 100
     min_transactions: int = 1000
 
+    # The loader runs independent statements side by side on this many connections.
+    load_parallelism: int = Field(
+        default=2, ge=1, description="Connections the loader uses at once (the server's cores)."
+    )
+
     # REST API.
     api_host: str = "127.0.0.1"
     api_port: int = 8000

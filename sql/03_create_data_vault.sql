@@ -31,8 +31,10 @@ create table if not exists raw_vault.hub_order (
     record_source text        not null
 );
 
-create unique index if not exists hub_order_business_key_idx
-    on raw_vault.hub_order (order_id);
+-- The hash key's primary key already keeps each order id once (equal ids hash equally), and
+-- orders are looked up by id in the order analytics' own index: a second index here would
+-- double the cost of loading the largest hub.
+drop index if exists raw_vault.hub_order_business_key_idx;
 
 -- Links: one row per relationship ever seen. Like the satellites they carry no foreign
 -- keys: the load order (hubs first) and the post-load reconciliation guarantee that every

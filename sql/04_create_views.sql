@@ -7,6 +7,10 @@
 drop materialized view if exists business_vault.mv_product_analytics cascade;
 drop materialized view if exists business_vault.mv_customer_360 cascade;
 drop materialized view if exists business_vault.mv_order_analytics cascade;
+drop materialized view if exists business_vault.mv_order_facts cascade;
+drop view if exists business_vault.vw_order_analytics cascade;
+drop view if exists business_vault.vw_current_customer cascade;
+drop view if exists business_vault.vw_current_product cascade;
 drop view if exists business_vault.vw_customer_history cascade;
 drop view if exists business_vault.vw_product_history cascade;
 drop view if exists business_vault.vw_order_history cascade;
@@ -73,16 +77,48 @@ select
 from raw_vault.sat_order_details as sat
 join raw_vault.hub_order as hub using (order_hk);
 
--- Point-in-time table: for every customer, the load_dts of its current satellite row as of
--- the latest snapshot, so the 360 view joins by equality instead of searching the history.
+-- Point-in-time tables: for every customer and product, the load_dts of its current
+-- satellite row as of the latest snapshot, so the business views join the current
+-- attributes by equality (primary key look-ups) instead of searching the history.
 create table if not exists business_vault.pit_customer (
     customer_hk                   uuid    primary key,
     snapshot_dts                  timestamptz not null,
     sat_customer_details_load_dts timestamptz not null
 );
 
--- Each order with its current details, its customer and its product (current attributes).
-create materialized view business_vault.mv_order_analytics as
+create table if not exists business_vault.pit_product (
+    product_hk                   uuid    primary key,
+    snapshot_dts                 timestamptz not null,
+    sat_product_details_load_dts timestamptz not null
+);
+
+-- Filled here as well as after each load, so that a warehouse created before this table
+-- keeps its product views.
+insert into business_vault.pit_product (product_hk, snapshot_dts, sat_product_details_load_dts)
+select product_hk, max(load_dts), max(load_dts)
+from raw_vault.sat_product_details
+group by product_hk
+on conflict (product_hk) do nothing;
+
+-- The current attributes of each customer and product, through the point-in-time tables.
+create view business_vault.vw_current_customer as
+select sat.*
+from business_vault.pit_customer as pit
+join raw_vault.sat_customer_details as sat
+    on sat.customer_hk = pit.customer_hk
+    and sat.load_dts = pit.sat_customer_details_load_dts;
+
+create view business_vault.vw_current_product as
+select sat.*
+from business_vault.pit_product as pit
+join raw_vault.sat_product_details as sat
+    on sat.product_hk = pit.product_hk
+    and sat.load_dts = pit.sat_product_details_load_dts;
+
+-- Each order with its current details and the keys of its customer and product. The
+-- customer's and product's attributes are not copied here but joined in vw_order_analytics,
+-- so this view is cheap to rebuild and a changed customer does not rewrite their orders.
+create materialized view business_vault.mv_order_facts as
 with current_order_details as (
     select distinct on (order_hk) *
     from raw_vault.sat_order_details
@@ -100,20 +136,6 @@ order_product as (
     select distinct on (order_hk) order_hk, product_hk
     from raw_vault.link_order_product
     order by order_hk, product_hk = '00000000-0000-0000-0000-000000000000', load_dts desc
-),
-
-current_customer as (
-    select sat.*
-    from business_vault.pit_customer as pit
-    join raw_vault.sat_customer_details as sat
-        on sat.customer_hk = pit.customer_hk
-        and sat.load_dts = pit.sat_customer_details_load_dts
-),
-
-current_product as (
-    select distinct on (product_hk) *
-    from raw_vault.sat_product_details
-    order by product_hk, load_dts desc
 )
 
 select
@@ -127,16 +149,7 @@ select
     details.discount,
     details.total_amount,
     nullif(hub_customer.customer_id, '-1')                                   as customer_id,
-    nullif(concat_ws(' ', customer.first_name, customer.last_name), '')      as customer_name,
-    customer.email                                                           as customer_email,
-    customer.city                                                            as customer_city,
-    customer.country                                                         as customer_country,
-    customer.customer_segment,
     nullif(hub_product.product_id, '-1')                                     as product_id,
-    product.product_name,
-    product.category,
-    product.brand,
-    product.cost                                                             as product_cost,
     details.order_status not in ('cancelled', 'returned')                    as is_revenue,
     hub_order.order_hk,
     order_customer.customer_hk,
@@ -146,28 +159,22 @@ join current_order_details as details using (order_hk)
 join order_customer using (order_hk)
 join order_product using (order_hk)
 join raw_vault.hub_customer as hub_customer using (customer_hk)
-join raw_vault.hub_product as hub_product using (product_hk)
-left join current_customer as customer using (customer_hk)
-left join current_product as product using (product_hk);
+join raw_vault.hub_product as hub_product using (product_hk);
 
-create unique index mv_order_analytics_order_idx
-    on business_vault.mv_order_analytics (order_id);
-create index mv_order_analytics_customer_idx
-    on business_vault.mv_order_analytics (customer_id, transaction_ts desc, order_id desc);
-create index mv_order_analytics_ts_idx
-    on business_vault.mv_order_analytics (transaction_ts desc, order_id desc);
-create index mv_order_analytics_status_idx
-    on business_vault.mv_order_analytics (order_status, transaction_ts desc);
+-- Indexes for the API's pages: a customer's orders, all orders newest first, by status.
+create index mv_order_facts_customer_idx
+    on business_vault.mv_order_facts (customer_id, transaction_ts desc, order_id desc);
+create index mv_order_facts_ts_idx
+    on business_vault.mv_order_facts (transaction_ts desc, order_id desc);
+create index mv_order_facts_status_idx
+    on business_vault.mv_order_facts (order_status, transaction_ts desc);
 
 -- The customer 360 profile: current attributes plus order metrics and an RFM segment.
 create materialized view business_vault.mv_customer_360 as
 with current_customer as (
-    select hub.customer_id, sat.*
-    from business_vault.pit_customer as pit
+    select hub.customer_id, current.*
+    from business_vault.vw_current_customer as current
     join raw_vault.hub_customer as hub using (customer_hk)
-    join raw_vault.sat_customer_details as sat
-        on sat.customer_hk = pit.customer_hk
-        and sat.load_dts = pit.sat_customer_details_load_dts
 ),
 
 order_metrics as (
@@ -179,7 +186,7 @@ order_metrics as (
         min(order_date)                                as first_order_date,
         max(order_date)                                as last_order_date,
         max(order_date) filter (where is_revenue)      as last_revenue_order_date
-    from business_vault.mv_order_analytics
+    from business_vault.mv_order_facts
     where customer_id is not null
     group by customer_hk
 ),
@@ -188,10 +195,11 @@ order_metrics as (
 favourite_category as (
     select distinct on (customer_hk) customer_hk, category
     from (
-        select customer_hk, category, sum(quantity) as units
-        from business_vault.mv_order_analytics
-        where is_revenue and customer_id is not null and category is not null
-        group by customer_hk, category
+        select facts.customer_hk, product.category, sum(facts.quantity) as units
+        from business_vault.mv_order_facts as facts
+        join business_vault.vw_current_product as product using (product_hk)
+        where facts.is_revenue and facts.customer_id is not null and product.category is not null
+        group by facts.customer_hk, product.category
     ) as units_per_category
     order by customer_hk, units desc, category
 ),
@@ -268,10 +276,9 @@ create index mv_customer_360_last_name_prefix_idx
 -- Product performance: units, revenue and margin (at current cost) from revenue orders.
 create materialized view business_vault.mv_product_analytics as
 with current_product as (
-    select distinct on (sat.product_hk) hub.product_id, sat.*
-    from raw_vault.sat_product_details as sat
+    select hub.product_id, current.*
+    from business_vault.vw_current_product as current
     join raw_vault.hub_product as hub using (product_hk)
-    order by sat.product_hk, sat.load_dts desc
 ),
 
 sales as (
@@ -281,7 +288,7 @@ sales as (
         sum(total_amount)                                     as revenue,
         count(*)                                              as order_count,
         count(distinct customer_hk) filter (where customer_id is not null) as distinct_customers
-    from business_vault.mv_order_analytics
+    from business_vault.mv_order_facts
     where is_revenue
     group by product_hk
 )
@@ -329,9 +336,36 @@ select
     order_count, distinct_customers, category_rank
 from business_vault.mv_product_analytics;
 
+-- Each order with its customer's and product's current attributes. Every join is a left
+-- join on a primary key, so a query that reads none of their columns (a count, a page of
+-- keys) touches the order facts alone.
 create view business_vault.vw_order_analytics as
 select
-    order_id, transaction_ts, order_date, order_status, payment_method, quantity, unit_price,
-    discount, total_amount, customer_id, customer_name, customer_email, customer_city,
-    customer_country, customer_segment, product_id, product_name, category, brand
-from business_vault.mv_order_analytics;
+    facts.order_id,
+    facts.transaction_ts,
+    facts.order_date,
+    facts.order_status,
+    facts.payment_method,
+    facts.quantity,
+    facts.unit_price,
+    facts.discount,
+    facts.total_amount,
+    facts.customer_id,
+    nullif(concat_ws(' ', customer.first_name, customer.last_name), '') as customer_name,
+    customer.email                                                    as customer_email,
+    customer.city                                                     as customer_city,
+    customer.country                                                  as customer_country,
+    customer.customer_segment,
+    facts.product_id,
+    product.product_name,
+    product.category,
+    product.brand
+from business_vault.mv_order_facts as facts
+left join business_vault.pit_customer as customer_pit using (customer_hk)
+left join raw_vault.sat_customer_details as customer
+    on customer.customer_hk = customer_pit.customer_hk
+    and customer.load_dts = customer_pit.sat_customer_details_load_dts
+left join business_vault.pit_product as product_pit using (product_hk)
+left join raw_vault.sat_product_details as product
+    on product.product_hk = product_pit.product_hk
+    and product.load_dts = product_pit.sat_product_details_load_dts;

@@ -28,7 +28,7 @@ as $$
     select md5(raw_vault.normalise_key(key_part_1) || '||' || raw_vault.normalise_key(key_part_2))::uuid
 $$;
 
--- After a load: rebuild the point-in-time table as of the snapshot, then the order analytics
+-- After a load: rebuild the point-in-time tables as of the snapshot, then the order facts
 -- every other business view derives from.
 create or replace procedure business_vault.refresh_order_views(snapshot timestamptz)
 language plpgsql
@@ -42,12 +42,20 @@ begin
     group by customer_hk;
     analyze business_vault.pit_customer;
 
-    refresh materialized view business_vault.mv_order_analytics;
-    analyze business_vault.mv_order_analytics;
+    delete from business_vault.pit_product;
+    insert into business_vault.pit_product (product_hk, snapshot_dts, sat_product_details_load_dts)
+    select product_hk, snapshot, max(load_dts)
+    from raw_vault.sat_product_details
+    where load_dts <= snapshot
+    group by product_hk;
+    analyze business_vault.pit_product;
+
+    refresh materialized view business_vault.mv_order_facts;
+    analyze business_vault.mv_order_facts;
 end;
 $$;
 
--- Then each view derived from the order analytics (the loader runs them side by side).
+-- Then each view derived from the order facts (the loader runs them side by side).
 create or replace procedure business_vault.refresh_view(view_name text)
 language plpgsql
 as $$
