@@ -2,13 +2,14 @@
 
 Starts ``c360 api serve`` on 127.0.0.1, drives it with wrk from a separate process over
 loopback at a fixed number of connections, then runs pgbench with the same SQL the API runs
-for each endpoint, at the same concurrency. Prints one JSON document: requests/s, p50 and p99
-per endpoint, pgbench transactions/s for the same statements, and each endpoint's share of
-that ceiling.
+for each endpoint, at the same concurrency. Each endpoint is first warmed up (connection pools
+filled, statements prepared, caches loaded), then measured several times: the JSON document
+gives every run and the median of each figure (requests/s, p50, p99), pgbench transactions/s
+for the same statements, and each endpoint's share of that ceiling.
 
 Needs a loaded warehouse (``c360 generate && c360 load``) and ``wrk`` (``apt-get install wrk``).
 
-    python bench/bench_api.py [--connections 32] [--duration 15] [--workers 2]
+    python bench/bench_api.py [--connections 32] [--duration 15] [--repeats 3] [--workers 2]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=int, default=15, help="seconds per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per endpoint")
+    parser.add_argument("--warmup", type=int, default=5, help="seconds of unrecorded load first")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     args = parser.parse_args(argv)
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "connections": args.connections,
             "duration_s": args.duration,
+            "repeats": args.repeats,
+            "warmup_s": args.warmup,
             "uvicorn_workers": args.workers,
             "pool_max_per_worker": settings.api_pool_max,
             "auth_mode": "api_key",
@@ -106,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         with serving_api(port, args.workers, settings, scratch_dir):
             base_url = f"http://127.0.0.1:{port}"
             result["endpoints"]["/health"] = {
-                "http": run_wrk(base_url, "/health", [], args, scratch_dir),
+                "http": measure(base_url, "/health", [], args, scratch_dir),
                 "note": "no database: the HTTP stack's own ceiling",
             }
             for name, endpoint in ENDPOINTS.items():
                 endpoint_ids = ids[endpoint["ids"]] if endpoint["ids"] else []
                 result["endpoints"][name] = {
-                    "http": run_wrk(base_url, endpoint["path"], endpoint_ids, args, scratch_dir)
+                    "http": measure(base_url, endpoint["path"], endpoint_ids, args, scratch_dir)
                 }
         # The database's ceiling, measured with the API stopped so that it has the machine.
         for name, endpoint in ENDPOINTS.items():
@@ -206,7 +212,25 @@ class serving_api:
         self.log.close()
 
 
-def run_wrk(base_url: str, path: str, ids: list[str], args, scratch_dir: Path) -> dict:
+def measure(base_url: str, path: str, ids: list[str], args, scratch_dir: Path) -> dict:
+    """Warm-up, then ``args.repeats`` wrk runs: the median of each figure, and every run."""
+    run_wrk(base_url, path, ids, args, scratch_dir, args.warmup)
+    runs = [
+        run_wrk(base_url, path, ids, args, scratch_dir, args.duration) for _ in range(args.repeats)
+    ]
+    summary = {
+        figure: round(statistics.median(run[figure] for run in runs), 2)
+        for figure in ("requests_per_s", "p50_ms", "p99_ms")
+    }
+    summary["requests"] = sum(run["requests"] for run in runs)
+    summary["non_2xx"] = sum(run["non_2xx"] for run in runs)
+    summary["runs"] = runs
+    return summary
+
+
+def run_wrk(
+    base_url: str, path: str, ids: list[str], args, scratch_dir: Path, seconds: int
+) -> dict:
     """wrk at ``args.connections`` connections on ``path`` (``%s`` takes a random id)."""
     script = scratch_dir / "request.lua"
     id_list = ",".join(f'"{customer_id}"' for customer_id in ids)
@@ -224,7 +248,7 @@ def run_wrk(base_url: str, path: str, ids: list[str], args, scratch_dir: Path) -
     threads = min(2, args.connections)
     output = subprocess.run(
         [
-            "wrk", f"-t{threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+            "wrk", f"-t{threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency",
             "-s", str(script), base_url,
         ],
         capture_output=True, text=True, check=True,

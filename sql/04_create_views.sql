@@ -8,6 +8,7 @@ drop materialized view if exists business_vault.mv_product_analytics cascade;
 drop materialized view if exists business_vault.mv_customer_360 cascade;
 drop materialized view if exists business_vault.mv_order_analytics cascade;
 drop materialized view if exists business_vault.mv_order_facts cascade;
+drop table if exists business_vault.order_facts cascade;
 drop view if exists business_vault.vw_order_analytics cascade;
 drop view if exists business_vault.vw_current_customer cascade;
 drop view if exists business_vault.vw_current_product cascade;
@@ -115,13 +116,40 @@ join raw_vault.sat_product_details as sat
     on sat.product_hk = pit.product_hk
     and sat.load_dts = pit.sat_product_details_load_dts;
 
--- Each order with its current details and the keys of its customer and product. The
--- customer's and product's attributes are not copied here but joined in vw_order_analytics,
--- so this view is cheap to rebuild and a changed customer does not rewrite their orders.
-create materialized view business_vault.mv_order_facts as
+-- Each order with its current details and the keys of its customer and product: what every
+-- other business view derives from. The customer's and product's attributes are not copied
+-- here but joined in vw_order_analytics, so a changed customer does not rewrite their orders.
+-- A table, not a materialized view: after a batch the loader rewrites only the orders the
+-- batch changed (business_vault.refresh_order_views).
+create table business_vault.order_facts (
+    order_id       text        not null,
+    transaction_ts timestamptz,
+    order_date     date,
+    order_status   text,
+    payment_method text,
+    quantity       integer,
+    unit_price     numeric(12, 2),
+    discount       numeric(5, 4),
+    total_amount   numeric(14, 2),
+    customer_id    text,
+    product_id     text,
+    is_revenue     boolean,
+    order_hk       uuid        not null,
+    customer_hk    uuid        not null,
+    product_hk     uuid        not null
+);
+
+-- The order facts as the vault holds them now: of the given orders, or of every order when
+-- none are given. A plain SQL function, so PostgreSQL inlines it and filters each step by
+-- the given orders instead of computing every order first.
+create function business_vault.order_facts_from_vault(only_orders uuid[])
+returns setof business_vault.order_facts
+language sql stable
+as $$
 with current_order_details as (
     select distinct on (order_hk) *
     from raw_vault.sat_order_details
+    where only_orders is null or order_hk = any (only_orders)
     order by order_hk, load_dts desc
 ),
 
@@ -129,12 +157,14 @@ with current_order_details as (
 order_customer as (
     select distinct on (order_hk) order_hk, customer_hk
     from raw_vault.link_customer_order
+    where only_orders is null or order_hk = any (only_orders)
     order by order_hk, customer_hk = '00000000-0000-0000-0000-000000000000', load_dts desc
 ),
 
 order_product as (
     select distinct on (order_hk) order_hk, product_hk
     from raw_vault.link_order_product
+    where only_orders is null or order_hk = any (only_orders)
     order by order_hk, product_hk = '00000000-0000-0000-0000-000000000000', load_dts desc
 )
 
@@ -159,15 +189,23 @@ join current_order_details as details using (order_hk)
 join order_customer using (order_hk)
 join order_product using (order_hk)
 join raw_vault.hub_customer as hub_customer using (customer_hk)
-join raw_vault.hub_product as hub_product using (product_hk);
+join raw_vault.hub_product as hub_product using (product_hk)
+where only_orders is null or hub_order.order_hk = any (only_orders)
+$$;
 
--- Indexes for the API's pages: a customer's orders, all orders newest first, by status.
-create index mv_order_facts_customer_idx
-    on business_vault.mv_order_facts (customer_id, transaction_ts desc, order_id desc);
-create index mv_order_facts_ts_idx
-    on business_vault.mv_order_facts (transaction_ts desc, order_id desc);
-create index mv_order_facts_status_idx
-    on business_vault.mv_order_facts (order_status, transaction_ts desc);
+insert into business_vault.order_facts
+select * from business_vault.order_facts_from_vault(null);
+
+-- The key the loader rewrites by, and the API's pages: a customer's orders, all orders
+-- newest first, orders by status.
+create unique index order_facts_order_hk_idx
+    on business_vault.order_facts (order_hk);
+create index order_facts_customer_idx
+    on business_vault.order_facts (customer_id, transaction_ts desc, order_id desc);
+create index order_facts_ts_idx
+    on business_vault.order_facts (transaction_ts desc, order_id desc);
+create index order_facts_status_idx
+    on business_vault.order_facts (order_status, transaction_ts desc);
 
 -- The customer 360 profile: current attributes plus order metrics and an RFM segment.
 create materialized view business_vault.mv_customer_360 as
@@ -186,7 +224,7 @@ order_metrics as (
         min(order_date)                                as first_order_date,
         max(order_date)                                as last_order_date,
         max(order_date) filter (where is_revenue)      as last_revenue_order_date
-    from business_vault.mv_order_facts
+    from business_vault.order_facts
     where customer_id is not null
     group by customer_hk
 ),
@@ -196,7 +234,7 @@ favourite_category as (
     select distinct on (customer_hk) customer_hk, category
     from (
         select facts.customer_hk, product.category, sum(facts.quantity) as units
-        from business_vault.mv_order_facts as facts
+        from business_vault.order_facts as facts
         join business_vault.vw_current_product as product using (product_hk)
         where facts.is_revenue and facts.customer_id is not null and product.category is not null
         group by facts.customer_hk, product.category
@@ -288,7 +326,7 @@ sales as (
         sum(total_amount)                                     as revenue,
         count(*)                                              as order_count,
         count(distinct customer_hk) filter (where customer_id is not null) as distinct_customers
-    from business_vault.mv_order_facts
+    from business_vault.order_facts
     where is_revenue
     group by product_hk
 )
@@ -360,7 +398,7 @@ select
     product.product_name,
     product.category,
     product.brand
-from business_vault.mv_order_facts as facts
+from business_vault.order_facts as facts
 left join business_vault.pit_customer as customer_pit using (customer_hk)
 left join raw_vault.sat_customer_details as customer
     on customer.customer_hk = customer_pit.customer_hk

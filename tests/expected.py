@@ -210,3 +210,76 @@ def product_metrics(expected: ExpectedWarehouse) -> dict[str, dict]:
 
 def parse_day(text: str) -> date:
     return datetime.strptime(text, "%Y-%m-%d").date()
+
+
+# Checks of the business views against the expected warehouse, shared by the view tests.
+
+
+def rows_by_key(cursor, sql: str) -> dict[str, dict]:
+    """A view's rows by their first column."""
+    cursor.execute(sql)
+    names = [column.name for column in cursor.description]
+    return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+
+
+def assert_customer_360_matches(db_cursor, expected: ExpectedWarehouse) -> None:
+    """Every row of vw_customer_360 is what the files say."""
+    metrics = customer_metrics(expected)
+    profiles = rows_by_key(db_cursor, "select * from business_vault.vw_customer_360")
+
+    assert set(profiles) == set(expected.customers)
+    for key, row in expected.customers.items():
+        profile, m = profiles[key], metrics[key]
+        assert profile["email"] == row["email"].strip()
+        assert profile["city"] == row["city"].strip()
+        assert profile["full_name"] == f"{row['first_name'].strip()} {row['last_name'].strip()}"
+        assert profile["order_count"] == m["order_count"], key
+        assert profile["lifetime_value"] == m["lifetime_value"], key
+        assert profile["avg_order_value"] == m["avg_order_value"], key
+        assert profile["first_order_date"] == m["first"], key
+        assert profile["last_order_date"] == m["last"], key
+        assert profile["favourite_category"] == m["favourite_category"], key
+        scores = (
+            profile["rfm_recency_score"],
+            profile["rfm_frequency_score"],
+            profile["rfm_monetary_score"],
+            profile["rfm_segment"],
+        )
+        assert scores == m["rfm"], key
+
+
+def assert_product_analytics_matches(db_cursor, expected: ExpectedWarehouse) -> None:
+    """Every row of vw_product_analytics is what the files say."""
+    metrics = product_metrics(expected)
+    products = rows_by_key(db_cursor, "select * from business_vault.vw_product_analytics")
+
+    assert set(products) == set(expected.products)
+    for key, m in metrics.items():
+        row = products[key]
+        assert row["units_sold"] == m["units_sold"], key
+        assert row["revenue"] == m["revenue"], key
+        assert row["margin"] == m["margin"], key
+        assert row["order_count"] == m["order_count"], key
+        assert row["distinct_customers"] == m["distinct_customers"], key
+        assert row["category_rank"] == m["category_rank"], key
+
+
+def assert_order_analytics_matches(db_cursor, expected: ExpectedWarehouse) -> None:
+    """vw_order_analytics has every order with its customer and product, as the files say."""
+    orders = rows_by_key(db_cursor, "select * from business_vault.vw_order_analytics")
+
+    assert set(orders) == set(expected.orders)
+    total = sum((o["total"] for o in expected.orders.values()), Decimal("0"))
+    assert sum((o["total_amount"] for o in orders.values()), Decimal("0")) == total
+    for key, order in expected.orders.items():
+        row = orders[key]
+        assert row["order_status"] == order["order_status"]
+        assert row["quantity"] == order["quantity_int"]
+        if order["customer_key"] == GHOST_ID:
+            assert row["customer_id"] is None
+        else:
+            customer = expected.customers[order["customer_key"]]
+            assert row["customer_id"] == order["customer_key"]
+            assert row["customer_email"] == customer["email"].strip()
+        if order["product_key"] != GHOST_ID:
+            assert row["category"] == expected.products[order["product_key"]]["category"]

@@ -13,7 +13,15 @@ from customer360.generator import generate_dataset, generate_next_day
 from customer360.pipeline import run_batch
 from customer360.quality import ThresholdBreachedError
 from customer360.vault import VAULT_TABLES
-from tests.expected import GHOST_ID, expected_after_next_day, expected_warehouse, normalise
+from tests.expected import (
+    GHOST_ID,
+    assert_customer_360_matches,
+    assert_order_analytics_matches,
+    assert_product_analytics_matches,
+    expected_after_next_day,
+    expected_warehouse,
+    normalise,
+)
 
 
 def vault_counts(settings) -> dict[str, int]:
@@ -229,6 +237,15 @@ def test_next_day_updates_the_business_views(small_database, small_data):
     assert str(price) == expected.products[product_id]["unit_price"]
     ((customers,),) = query(settings, "select count(*) from business_vault.vw_customer_360")
     assert customers == len(expected.customers)
+    # Every row of every view, after the next day rewrote only the orders it changed.
+    conn = psycopg2.connect(settings.dsn)
+    try:
+        with conn.cursor() as cursor:
+            assert_order_analytics_matches(cursor, expected)
+            assert_customer_360_matches(cursor, expected)
+            assert_product_analytics_matches(cursor, expected)
+    finally:
+        conn.close()
 
 
 def test_a_breached_threshold_fails_the_batch_and_leaves_the_vault_unchanged(
