@@ -1,4 +1,4 @@
--- The business vault: history views over the satellites, the point-in-time table and the
+-- The business vault: history views over the satellites, the point-in-time tables and the
 -- business views the API and BI tools read. Everything here is derived from the raw vault,
 -- so this file drops and rebuilds its objects and is safe to apply again at any time.
 -- Revenue figures count orders whose current status is not cancelled or returned;
@@ -7,7 +7,6 @@
 drop materialized view if exists business_vault.mv_product_analytics cascade;
 drop materialized view if exists business_vault.mv_customer_360 cascade;
 drop materialized view if exists business_vault.mv_order_analytics cascade;
-drop materialized view if exists business_vault.mv_order_facts cascade;
 drop table if exists business_vault.order_facts cascade;
 drop view if exists business_vault.vw_order_analytics cascade;
 drop view if exists business_vault.vw_current_customer cascade;
