@@ -50,9 +50,9 @@ class Settings(BaseSettings):
     min_products: int = 100
     min_transactions: int = 1000
 
-    # The loader runs independent statements side by side on this many connections.
+    # The loader checks each source in this many shares of its keys, side by side.
     load_parallelism: int = Field(
-        default=2, ge=1, description="Connections the loader uses at once (the server's cores)."
+        default=2, ge=1, description="Shares each source's checks run in (the server's cores)."
     )
 
     # REST API.

@@ -84,14 +84,15 @@ as $$
 declare
     definitions text[];
     definition text;
+    index_name text;
 begin
     select array_agg(pg_get_indexdef(indexrelid)) into definitions
     from pg_index where indrelid = 'business_vault.order_facts'::regclass;
-    for definition in
+    for index_name in
         select indexrelid::regclass::text
         from pg_index where indrelid = 'business_vault.order_facts'::regclass
     loop
-        execute format('drop index %s', definition);
+        execute format('drop index %s', index_name);
     end loop;
     truncate business_vault.order_facts;
     insert into business_vault.order_facts
