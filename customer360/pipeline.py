@@ -48,7 +48,7 @@ STALE_BATCH_AFTER = timedelta(hours=2)
 
 ProgressCallback = Callable[[str, dict], None]
 
-# Materialized views rebuilt from the order analytics after each load.
+# Materialized views rebuilt from the order facts after each load.
 DERIVED_VIEWS = ("mv_customer_360", "mv_product_analytics")
 
 
@@ -259,10 +259,10 @@ def reconcile(batch_id: int, settings: Settings | None = None) -> list[dict]:
 
 
 def refresh_business_views(batch_id: int, settings: Settings | None = None) -> None:
-    """Rebuild the point-in-time table and the materialized business views.
+    """Bring the business views up to date with the vault after a batch.
 
-    The order analytics come first; the customer and product views both derive from them
-    and are rebuilt side by side.
+    The point-in-time tables and the order facts (only the orders the batch changed) come
+    first; the customer and product views both derive from them and are rebuilt side by side.
     """
     started = time.perf_counter()
     with transaction(settings) as cur:
