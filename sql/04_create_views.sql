@@ -8,6 +8,7 @@ drop materialized view if exists business_vault.mv_product_analytics cascade;
 drop materialized view if exists business_vault.mv_customer_360 cascade;
 drop materialized view if exists business_vault.mv_order_analytics cascade;
 drop table if exists business_vault.order_facts cascade;
+drop table if exists business_vault.order_facts_state;
 drop view if exists business_vault.vw_order_analytics cascade;
 drop view if exists business_vault.vw_current_customer cascade;
 drop view if exists business_vault.vw_current_product cascade;
@@ -194,6 +195,20 @@ $$;
 
 insert into business_vault.order_facts
 select * from business_vault.order_facts_from_vault(null);
+
+-- How far the order facts follow the vault: the load_dts of the latest load they include.
+-- A load whose refresh never ran (its batch failed) is caught up by the next one.
+create table business_vault.order_facts_state (
+    refreshed_through timestamptz not null
+);
+insert into business_vault.order_facts_state (refreshed_through)
+select coalesce(max(load_dts), '-infinity') from (
+    select max(load_dts) as load_dts from raw_vault.sat_order_details
+    union all
+    select max(load_dts) from raw_vault.link_customer_order
+    union all
+    select max(load_dts) from raw_vault.link_order_product
+) as latest;
 
 -- The key the loader rewrites by, and the API's pages: a customer's orders, all orders
 -- newest first, orders by status.

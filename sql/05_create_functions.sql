@@ -34,6 +34,7 @@ create or replace procedure business_vault.refresh_order_views(snapshot timestam
 language plpgsql
 as $$
 declare
+    caught_up_to timestamptz;
     changed uuid[];
     stored bigint;
 begin
@@ -53,13 +54,20 @@ begin
     group by product_hk;
     analyze business_vault.pit_product;
 
-    -- The orders this load changed: every vault row of a load carries its load_dts.
+    -- The orders changed since the facts were last brought up to date: by this load, and by
+    -- any earlier one whose refresh never ran (every vault row carries its load's load_dts).
+    select state.refreshed_through into caught_up_to
+    from business_vault.order_facts_state as state
+    for update;
     changed := array(
-        select order_hk from raw_vault.sat_order_details where load_dts = snapshot
+        select order_hk from raw_vault.sat_order_details
+        where load_dts > caught_up_to and load_dts <= snapshot
         union
-        select order_hk from raw_vault.link_customer_order where load_dts = snapshot
+        select order_hk from raw_vault.link_customer_order
+        where load_dts > caught_up_to and load_dts <= snapshot
         union
-        select order_hk from raw_vault.link_order_product where load_dts = snapshot
+        select order_hk from raw_vault.link_order_product
+        where load_dts > caught_up_to and load_dts <= snapshot
     );
     select count(*) into stored from business_vault.order_facts;
 
@@ -72,6 +80,8 @@ begin
         insert into business_vault.order_facts
         select * from business_vault.order_facts_from_vault(changed);
     end if;
+    update business_vault.order_facts_state
+    set refreshed_through = greatest(caught_up_to, snapshot);
     analyze business_vault.order_facts;
 end;
 $$;

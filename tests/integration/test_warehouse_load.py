@@ -10,8 +10,18 @@ import psycopg2
 import pytest
 
 from customer360.generator import generate_dataset, generate_next_day
-from customer360.pipeline import run_batch
+from customer360.pipeline import (
+    check_staging,
+    fail_batch,
+    load_hubs,
+    load_links,
+    load_satellites,
+    load_staging,
+    run_batch,
+    start_batch,
+)
 from customer360.quality import ThresholdBreachedError
+from customer360.sources import SOURCE_NAMES
 from customer360.vault import VAULT_TABLES
 from tests.expected import (
     GHOST_ID,
@@ -238,6 +248,34 @@ def test_next_day_updates_the_business_views(small_database, small_data):
     ((customers,),) = query(settings, "select count(*) from business_vault.vw_customer_360")
     assert customers == len(expected.customers)
     # Every row of every view, after the next day rewrote only the orders it changed.
+    assert_business_views_match(settings, expected)
+
+
+def test_a_load_catches_up_the_views_of_a_batch_that_failed_before_its_refresh(
+    small_database, small_data
+):
+    settings = small_database
+    base, next_day = small_data
+    run_batch(base, settings)
+    # The next day reaches the vault, then its batch fails before the views are refreshed.
+    batch_id = start_batch(next_day, settings)
+    for source in SOURCE_NAMES:
+        load_staging(batch_id, source, settings)
+    check_staging(batch_id, settings)
+    for load in (load_hubs, load_links, load_satellites):
+        load(batch_id, settings)
+    fail_batch(batch_id, "stopped before the views were refreshed", settings)
+
+    report = run_batch(next_day, settings)
+
+    assert set(report["row_counts"]["inserted"].values()) == {0}
+    assert_business_views_match(
+        settings, expected_after_next_day(expected_warehouse(base), next_day)
+    )
+
+
+def assert_business_views_match(settings, expected) -> None:
+    """Every row of the order, customer and product views is what the files say."""
     conn = psycopg2.connect(settings.dsn)
     try:
         with conn.cursor() as cursor:
