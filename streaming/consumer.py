@@ -57,7 +57,7 @@ FETCH_TUNING = {
     "receive_buffer_bytes": 4 * 1024 * 1024,
 }
 
-# Longest the loop waits for a newly assigned partition's start offset to be resolved.
+# Longest the stall check waits for a partition's position to be resolved.
 POSITION_TIMEOUT_MS = 10_000
 
 # After this long without a record, the loop checks that it is not stuck behind the broker.
@@ -134,8 +134,6 @@ class ClickstreamConsumer:
         self.stored: dict[PartitionKey, int | None] = {}
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickstream-writer")
         self.in_flight: Future[PendingBatch] | None = None
-        # Partitions assigned by the last rebalance whose start position is not resolved yet.
-        self.unresolved: list[PartitionKey] = []
         self.sink = Sink(connect(self.settings), options.group)
         self.dlq_producer = create_producer(self.settings, client_id="c360-clickstream-dlq")
         self.consumer = self._create_consumer()
@@ -176,7 +174,6 @@ class ClickstreamConsumer:
         try:
             while not self.stop_requested.is_set():
                 polled = self.consumer.poll(timeout_ms=options.poll_timeout_ms)
-                self._resolve_positions()
                 now = time.monotonic()
                 if polled:
                     last_record_at = now
@@ -303,25 +300,6 @@ class ClickstreamConsumer:
         log.info("assigned %s", _describe(partitions))
         self._finish_write()
         self._seek_to_stored(partitions)
-        self.unresolved = list(partitions)
-
-    def _resolve_positions(self) -> None:
-        """Wait, once after a rebalance, for the new partitions' start offsets to be resolved.
-
-        kafka-python 3 resolves a position (a seek to the beginning, an offset validation) in
-        the background and can leave a partition unfetchable meanwhile; asking for the
-        position waits for it (dpkp/kafka-python#3106). Done here, outside the rebalance hook.
-        """
-        partitions, self.unresolved = self.unresolved, []
-        assigned = self.consumer.assignment()
-        for partition in partitions:
-            topic_partition = TopicPartition(*partition)
-            if topic_partition not in assigned:
-                continue
-            try:
-                self.consumer.position(topic_partition, timeout_ms=POSITION_TIMEOUT_MS)
-            except KafkaError as exc:  # the background resolution goes on; poll retries it
-                log.warning("resolving the position of %s: %s", _describe([partition]), exc)
 
     def on_revoked(self, partitions: list[PartitionKey]) -> None:
         """Rebalance hook: write what was read before the partitions move to another member."""
@@ -345,8 +323,9 @@ class ClickstreamConsumer:
         """Seek again to its own position any partition the broker holds records beyond.
 
         Nothing arrived for a while: either the stream is quiet or kafka-python 3's fetcher
-        has stalled on a partition (it happens, rarely, after a rebalance). A seek to the same
-        offset restarts that partition's fetching and skips nothing.
+        has stalled on a partition (seen after rebalances; dpkp/kafka-python#3106, #3131).
+        Asking for the position waits for one being resolved in the background; a seek to
+        the same offset restarts the partition's fetching and skips nothing.
         """
         assigned = list(self.consumer.assignment())
         if not assigned:
