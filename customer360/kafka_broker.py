@@ -294,8 +294,8 @@ class KafkaBroker:
                 "kafka.tools.StorageTool",
                 "format",
                 "--ignore-formatted",
-                "-t",
-                cluster_id,
+                # One argument: an id may start with '-', which would read as an option.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.config_file),
             ],
