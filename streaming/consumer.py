@@ -158,9 +158,12 @@ class ClickstreamConsumer:
                 )
         except KafkaTimeoutError as exc:
             raise broker_unavailable(self.settings) from exc
-        # Knowing the topic's partitions before joining spares the group a second rebalance.
-        consumer.partitions_for_topic(options.topic)
         consumer.subscribe([options.topic], listener=_RebalanceListener(self))
+        # Fresh metadata after subscribing, before the first join: a group leader that assigns
+        # from a snapshot taken before it knew the topic's partitions rebalances again as soon
+        # as they arrive, and kafka-python 3.0 can drop that second join's result when a poll
+        # times out in the middle of it, leaving this member without partitions or heartbeats.
+        consumer.topics()
         return consumer
 
     def run(self) -> ConsumerStats:

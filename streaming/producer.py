@@ -333,10 +333,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_logging() -> None:
-    """Progress lines of the streaming jobs at INFO; kafka-python's chatter only when debugging."""
+    """Progress lines and group membership changes at INFO; other kafka-python chatter only
+    when debugging."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("streaming").setLevel(logging.INFO)
         logging.getLogger("kafka").setLevel(logging.WARNING)
+        # Joins, leaves and rebalances: what an operator needs when a member sits idle. The
+        # consumer logs its own assigned/revoked lines, so kafka-python's copies stay quiet.
+        logging.getLogger("kafka.coordinator").setLevel(logging.INFO)
+        logging.getLogger("kafka.coordinator.consumer").setLevel(logging.WARNING)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

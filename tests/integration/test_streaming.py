@@ -117,6 +117,12 @@ class ConsumerProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def story(self) -> str:
+        """What the process logged apart from its periodic throughput lines, then its last lines."""
+        lines = self.output().splitlines()
+        events = [line for line in lines if " throughput " not in line]
+        return "\n".join([f"== {self.log_path.name}", *events[-60:], "-- last lines:", *lines[-5:]])
+
     def consumed(self) -> int:
         """The record count the process reported when it stopped."""
         for line in reversed(self.output().splitlines()):
@@ -208,7 +214,7 @@ def wait_until(
         if sender is not None:
             sender.check()
         if time.monotonic() > deadline:
-            logs = "\n".join(c.output()[-3000:] for c in stream.consumers)
+            logs = "\n".join(c.story() for c in stream.consumers)
             raise AssertionError(f"timed out waiting for {what}\n{logs}")
         time.sleep(0.2)
 
@@ -646,8 +652,10 @@ def test_recent_metrics_lists_the_last_minutes_newest_first(
 
 
 def _last_assignment_size(consumer: ConsumerProcess) -> int:
-    lines = [line for line in consumer.output().splitlines() if " assigned " in line]
+    """Partitions in the consumer's last "assigned" line (kafka-python's own lines excluded)."""
+    marker = "streaming.consumer: assigned "
+    lines = [line for line in consumer.output().splitlines() if marker in line]
     if not lines:
         return 0
-    assigned = lines[-1].split(" assigned ", 1)[1]
+    assigned = lines[-1].split(marker, 1)[1]
     return 0 if assigned.startswith("no partitions") else assigned.count("[")
