@@ -1,0 +1,116 @@
+"""Landing a hand-written file: what COPY receives, line by line, for the awkward cases of CSV.
+
+The expected rows below are read off the file's text by hand, not computed by the loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from customer360.landing import land_file
+from customer360.settings import Settings
+from customer360.sources import load_source_specs
+
+HEADER = b"product_id,product_name,category,brand,unit_price,cost\r\n"
+
+AWKWARD_LINES = [
+    b"P1,Plain,Tools,Acme,1.00,0.50\r\n",  # line 2
+    b"\r\n",  # line 3: blank, not a record
+    b'P2,"Comma, and ""quote""",Tools,Acme,2.00,1.00\r\n',  # line 4
+    b'P3,"Two\r\nlines",Tools,Acme,3.00,1.50\r\n',  # lines 5-6: one record
+    b"P4,Short,Tools,Acme,4.00\r\n",  # line 7: five fields
+    b"P5,Caf\xe9,Tools,Acme,5.00,2.50\r\n",  # line 8: Latin-1, not UTF-8
+    b"P6,Nul\x00l,Tools,Acme,6.00,3.00\r\n",  # line 9: a NUL byte
+    b"P7, Spaced ,Tools,,7.00,3.50\r\n",  # line 10: spaces kept, empty brand is null
+    b'P8,"never closed,Tools,Acme,8.00,4.00\r\n',  # line 11: the quote runs to the end
+]
+
+
+@pytest.fixture
+def cursor(database: Settings) -> Iterator[psycopg2.extensions.cursor]:
+    """A cursor in a transaction that is rolled back, with a batch to land into."""
+    conn = psycopg2.connect(database.dsn)
+    with conn.cursor() as cur:
+        cur.execute(
+            "insert into audit.load_batch (load_dts, data_dir) values (now(), 'test')"
+            " returning batch_id"
+        )
+        yield cur
+    conn.rollback()
+    conn.close()
+
+
+def _batch_id(cursor) -> int:
+    cursor.execute("select max(batch_id) from audit.load_batch")
+    return cursor.fetchone()[0]
+
+
+def test_awkward_records_land_or_are_quarantined_with_their_line(cursor, database, tmp_path):
+    content = HEADER + b"".join(AWKWARD_LINES)
+    path = tmp_path / "products.csv"
+    path.write_bytes(content)
+    batch_id = _batch_id(cursor)
+
+    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+
+    cursor.execute(
+        "select line_number, product_id, product_name, brand, cost from staging.raw_products"
+        " where batch_id = %s order by line_number",
+        (batch_id,),
+    )
+    assert cursor.fetchall() == [
+        (2, "P1", "Plain", "Acme", "0.50"),
+        (4, "P2", 'Comma, and "quote"', "Acme", "1.00"),
+        (6, "P3", "Two\r\nlines", "Acme", "1.50"),
+        (10, "P7", " Spaced ", None, "3.50"),
+    ]
+    cursor.execute(
+        "select line_number, reason, raw_row from audit.quarantine"
+        " where batch_id = %s order by line_number",
+        (batch_id,),
+    )
+    assert cursor.fetchall() == [
+        (7, "malformed_row", {"fields": ["P4", "Short", "Tools", "Acme", "4.00"]}),
+        (8, "invalid_encoding", {"fields": ["P5", "Caf\ufffd", "Tools", "Acme", "5.00", "2.50"]}),
+        (9, "invalid_encoding", {"fields": ["P6", "Nul\\0l", "Tools", "Acme", "6.00", "3.00"]}),
+        (11, "malformed_row", {"fields": ["P8", "never closed,Tools,Acme,8.00,4.00\r\n"]}),
+    ]
+    assert (result.data_rows, result.landed) == (8, 4)
+    assert (result.sha256, result.bytes) == (hashlib.sha256(content).hexdigest(), len(content))
+
+
+def test_a_file_in_another_column_order_lands_in_the_canonical_columns(
+    cursor, database, tmp_path: Path
+):
+    config = tmp_path / "sources.yaml"
+    config.write_text(
+        "sources:\n  products:\n    file: products.csv\n    record_source: shop.products\n"
+        "    columns: {product_id: sku}\n"
+    )
+    path = tmp_path / "products.csv"
+    path.write_bytes(
+        b"cost,sku,product_name,category,brand,unit_price\n"
+        b"0.50,P1,Plain,Tools,Acme,1.00\n"
+        b'1.00,P2,"Comma, here",Tools,Acme,2.00\n'
+        b"1.50,P3,Short,Tools,Acme\n"
+    )
+    settings = database.model_copy(update={"sources_config": config})
+    batch_id = _batch_id(cursor)
+
+    result = land_file(cursor, load_source_specs(settings)["products"], path, batch_id)
+
+    cursor.execute(
+        "select line_number, product_id, product_name, unit_price, cost from staging.raw_products"
+        " where batch_id = %s order by line_number",
+        (batch_id,),
+    )
+    assert cursor.fetchall() == [
+        (2, "P1", "Plain", "1.00", "0.50"),
+        (3, "P2", "Comma, here", "2.00", "1.00"),
+    ]
+    assert [(r["line"], r["reason"]) for r in result.rejected] == [(4, "malformed_row")]
