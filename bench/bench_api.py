@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             "uvicorn_workers": args.workers,
             "pool_max_per_worker": settings.api_pool_max,
             "auth_mode": "api_key",
-            "server": "uvicorn + uvloop + httptools",
+            "server": "uvicorn + uvloop + httptools, one write per response (api.serving)",
         },
         "load_average_before": os.getloadavg(),
         "endpoints": {},

@@ -36,6 +36,7 @@ def serve_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.security import accepted_api_keys
+    from api.serving import HttpProtocol
 
     settings = get_settings()
     workers = args.workers or settings.api_workers
@@ -49,7 +50,7 @@ def serve_api(args: argparse.Namespace) -> int:
         port=args.port or settings.api_port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=HttpProtocol,
         access_log=args.access_log,
         proxy_headers=False,
         log_level="info",
