@@ -187,6 +187,10 @@ class ClickstreamConsumer:
                     or now - self.pending.opened_at >= options.max_batch_seconds
                 ):
                     self.flush(wait=False)
+                elif self.in_flight is not None and self.in_flight.done():
+                    # Count a written batch (or raise its error) now, not when the next one
+                    # is ready: a stream that goes quiet would otherwise hide both.
+                    self._finish_write()
                 if (
                     now - max(last_record_at, last_stall_check_at) >= STALL_CHECK_SECONDS
                     and not self.pending.records

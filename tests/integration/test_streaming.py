@@ -437,6 +437,12 @@ def test_every_aggregate_is_exact(stream: Stream, catalog: Catalog) -> None:
 
     consumer = stream.consumer()
     wait_until(lambda: committed(stream) == len(events), "every record written", stream)
+    # The progress line counts the last batch while the stream is quiet, before any stop.
+    wait_until(
+        lambda: f"total {len(events)} (0 failed), lag 0" in consumer.output(),
+        "a progress line with every record",
+        stream,
+    )
     assert consumer.stop() == 0
     assert consumer.consumed() == len(events)
 
