@@ -57,12 +57,6 @@ FETCH_TUNING = {
     "receive_buffer_bytes": 4 * 1024 * 1024,
 }
 
-# Longest the stall check waits for a partition's position to be resolved.
-POSITION_TIMEOUT_MS = 10_000
-
-# After this long without a record, the loop checks that it is not stuck behind the broker.
-STALL_CHECK_SECONDS = 5.0
-
 
 @dataclass(frozen=True)
 class ConsumerOptions:
@@ -171,7 +165,6 @@ class ClickstreamConsumer:
         options = self.options
         last_record_at = time.monotonic()
         last_log_at = time.monotonic()
-        last_stall_check_at = time.monotonic()
         logged_records = 0
         log.info("consuming %s as group %s", options.topic, options.group)
         try:
@@ -191,12 +184,6 @@ class ClickstreamConsumer:
                     # Count a written batch (or raise its error) now, not when the next one
                     # is ready: a stream that goes quiet would otherwise hide both.
                     self._finish_write()
-                if (
-                    now - max(last_record_at, last_stall_check_at) >= STALL_CHECK_SECONDS
-                    and not self.pending.records
-                ):
-                    last_stall_check_at = now
-                    self._restart_stalled_fetches()
                 if now - last_log_at >= options.log_interval_seconds:
                     rate = (self.stats.records - logged_records) / (now - last_log_at)
                     log.info(
@@ -325,33 +312,6 @@ class ClickstreamConsumer:
         self.pending = PendingBatch()
         for partition in partitions:
             self.stored.pop(partition, None)
-
-    def _restart_stalled_fetches(self) -> None:
-        """Seek again to its own position any partition the broker holds records beyond.
-
-        Nothing arrived for a while: either the stream is quiet or kafka-python 3's fetcher
-        has stalled on a partition (seen after rebalances; dpkp/kafka-python#3106, #3131).
-        Asking for the position waits for one being resolved in the background; a seek to
-        the same offset restarts the partition's fetching and skips nothing.
-        """
-        assigned = list(self.consumer.assignment())
-        if not assigned:
-            return
-        try:
-            end_offsets = self.consumer.end_offsets(assigned)
-            for topic_partition in assigned:
-                position = self.consumer.position(topic_partition, timeout_ms=POSITION_TIMEOUT_MS)
-                if position is not None and end_offsets.get(topic_partition, 0) > position:
-                    log.warning(
-                        "no records from %s although the broker holds up to offset %d;"
-                        " fetching it again from %d",
-                        _describe([(topic_partition.topic, topic_partition.partition)]),
-                        end_offsets[topic_partition],
-                        position,
-                    )
-                    self.consumer.seek(topic_partition, position)
-        except KafkaError as exc:
-            log.warning("checking for stalled partitions: %s", exc)
 
     def lag(self) -> int | None:
         """Records on the broker not yet written, summed over owned partitions (None if unknown)."""
