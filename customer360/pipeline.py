@@ -31,10 +31,11 @@ from customer360.reconcile import reconcile_batch
 from customer360.settings import Settings, get_settings
 from customer360.sources import SOURCE_NAMES, load_source_specs
 from customer360.vault import (
-    HUB_STATEMENTS,
-    LINK_STATEMENTS,
-    SATELLITE_STATEMENTS,
-    run_statements,
+    HUB_INSERTS,
+    LINK_INSERTS,
+    SATELLITE_INSERTS,
+    VaultInsert,
+    insert_new_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -224,17 +225,17 @@ def check_staging(batch_id: int, settings: Settings | None = None) -> dict:
 
 def load_hubs(batch_id: int, settings: Settings | None = None) -> dict[str, int]:
     """Add the batch's new business keys to the hubs."""
-    return _load_vault(batch_id, "hubs", HUB_STATEMENTS, settings)
+    return _load_vault(batch_id, "hubs", HUB_INSERTS, settings)
 
 
 def load_links(batch_id: int, settings: Settings | None = None) -> dict[str, int]:
     """Add the batch's new relationships to the links."""
-    return _load_vault(batch_id, "links", LINK_STATEMENTS, settings)
+    return _load_vault(batch_id, "links", LINK_INSERTS, settings)
 
 
 def load_satellites(batch_id: int, settings: Settings | None = None) -> dict[str, int]:
     """Add a satellite row for every staged payload that differs from its key's latest one."""
-    return _load_vault(batch_id, "satellites", SATELLITE_STATEMENTS, settings)
+    return _load_vault(batch_id, "satellites", SATELLITE_INSERTS, settings)
 
 
 def reconcile(batch_id: int, settings: Settings | None = None) -> list[dict]:
@@ -391,7 +392,7 @@ def run_side_by_side(calls: list[Callable[[], object]]) -> list:
     return [future.result() for future in futures]
 
 
-def _load_vault(batch_id: int, stage: str, statements: dict[str, str], settings) -> dict:
+def _load_vault(batch_id: int, stage: str, inserts: dict[str, VaultInsert], settings) -> dict:
     started = time.perf_counter()
     with transaction(settings) as cur:
         cur.execute(
@@ -400,7 +401,7 @@ def _load_vault(batch_id: int, stage: str, statements: dict[str, str], settings)
         load_dts, status = cur.fetchone()
         if status == "failed":
             raise UserFacingError(f"batch {batch_id} has failed; start a new batch")
-        inserted = run_statements(cur, statements, batch_id, load_dts)
+        inserted = insert_new_rows(cur, inserts, batch_id, load_dts)
         for table, count in inserted.items():
             if count:
                 cur.execute(f"analyze raw_vault.{table}")

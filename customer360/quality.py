@@ -8,7 +8,7 @@ and the rest, with hash keys and hashdiff computed once, to ``staging.stg_<sourc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from customer360.errors import UserFacingError
 from customer360.sources import CANONICAL_ORDER, SourceSpec
@@ -60,6 +60,9 @@ class StagingSpec:
     rules: tuple[Rule, ...]
     typed: dict[str, str]  # staged column -> SQL, evaluated only for passing rows
     payload: tuple[str, ...]  # the typed columns the hashdiff covers
+    # Values computed once for each passing row before it is typed (name -> SQL), which the
+    # hash keys read as ``landed.<name>``.
+    references: dict[str, str] = field(default_factory=dict)
 
 
 def clean(column: str) -> str:
@@ -114,6 +117,8 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
         "transaction_ts", specs["transactions"].formats.get("transaction_ts", "iso"), "timestamp"
     )
     customer_text = ("first_name", "last_name", "email", "phone", "city", "state", "country")
+    customer_known = _known("landed.customer_hash", "customer_hk", "customer_id", "customers")
+    product_known = _known("landed.product_hash", "product_hk", "product_id", "products")
     return {
         "customers": StagingSpec(
             source="customers",
@@ -146,12 +151,18 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             key_column="transaction_id",
             hash_keys={
                 "order_hk": "raw_vault.hash_key(landed.transaction_id)",
-                "customer_hk": f"coalesce(known_customer.customer_hk, '{GHOST_KEY}')",
-                "product_hk": f"coalesce(known_product.product_hk, '{GHOST_KEY}')",
-                "customer_order_hk": "raw_vault.hash_key(case when known_customer.customer_hk"
-                " is null then '-1' else landed.customer_id end, landed.transaction_id)",
-                "order_product_hk": "raw_vault.hash_key(landed.transaction_id, case when"
-                " known_product.product_hk is null then '-1' else landed.product_id end)",
+                "customer_hk": f"case when {customer_known} then landed.customer_hash"
+                f" else '{GHOST_KEY}' end",
+                "product_hk": f"case when {product_known} then landed.product_hash"
+                f" else '{GHOST_KEY}' end",
+                "customer_order_hk": f"raw_vault.hash_key(case when {customer_known}"
+                " then landed.customer_id else '-1' end, landed.transaction_id)",
+                "order_product_hk": "raw_vault.hash_key(landed.transaction_id,"
+                f" case when {product_known} then landed.product_id else '-1' end)",
+            },
+            references={
+                "customer_hash": "raw_vault.hash_key(landed.customer_id)",
+                "product_hash": "raw_vault.hash_key(landed.product_id)",
             },
             rules=(
                 _number_rule(
@@ -199,19 +210,16 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
     }
 
 
-# Transactions resolve their customer and product against the hubs and this batch's staging.
-_REFERENCE_JOINS = """
-    left join (
-        select customer_hk from raw_vault.hub_customer where customer_id <> '-1'
-        union
-        select customer_hk from staging.stg_customers where batch_id = %(batch_id)s
-    ) as known_customer on known_customer.customer_hk = raw_vault.hash_key(landed.customer_id)
-    left join (
-        select product_hk from raw_vault.hub_product where product_id <> '-1'
-        union
-        select product_hk from staging.stg_products where batch_id = %(batch_id)s
-    ) as known_product on known_product.product_hk = raw_vault.hash_key(landed.product_id)
-"""
+def _known(hash_key: str, hub_key: str, business_key: str, source: str) -> str:
+    """True when ``hash_key`` is a key of the hub or of this batch's staged rows (a transaction
+    may name a customer or product that arrives in the same batch). PostgreSQL hashes the
+    known keys once and probes that table per row."""
+    return (
+        f"coalesce({hash_key} in ("
+        f"select {hub_key} from raw_vault.hub_{source[:-1]} where {business_key} <> '-1'"
+        f" union all select {hub_key} from staging.stg_{source}"
+        " where batch_id = %(batch_id)s), false)"
+    )
 
 
 def _as_text(column: str) -> str:
@@ -223,21 +231,22 @@ def _as_text(column: str) -> str:
 
 def staging_statement(spec: StagingSpec) -> str:
     """The one statement that quarantines failing rows and stages the rest."""
-    raw_columns = ", ".join(CANONICAL_ORDER[spec.source])
+    raw_columns = CANONICAL_ORDER[spec.source]
     reasons = "\n".join(
-        f"                when {rule.failing} then '{rule.reason}'" for rule in spec.rules
+        f"                       when {rule.failing} then '{rule.reason}'" for rule in spec.rules
     )
-    indent = " " * 23
     details = "\n".join(
-        f"{indent}when reason = '{rule.reason}' and {rule.failing} then {rule.detail}"
+        f"                       when reason = '{rule.reason}' and ({rule.failing})"
+        f" then {rule.detail}"
         for rule in spec.rules
     )
+    raw_row = ", ".join(f"'{column}', landed.{column}" for column in raw_columns)
     hash_columns = list(spec.hash_keys)
     typed_columns = list(spec.typed)
     hashdiff = "md5(concat_ws('||', {}))::uuid".format(
         ", ".join(f"coalesce({_as_text(column)}, '^^')" for column in spec.payload)
     )
-    joins = _REFERENCE_JOINS if spec.source == "transactions" else ""
+    references = "".join(f", {sql} as {name}" for name, sql in spec.references.items())
     key = spec.key_column
     return f"""
         with keyed as (
@@ -247,11 +256,12 @@ def staging_statement(spec: StagingSpec) -> str:
         ),
 
         -- This statement's share of the keys (see check_source); copies of a row and rows
-        -- sharing a key always fall in the same share.
+        -- sharing a key always fall in the same share. Copies of a row are numbered in
+        -- line order.
         landed as (
             select keyed.*,
-                   row_number() over (partition by {raw_columns} order by line_number)
-                       as copy_number
+                   row_number() over (partition by business_key, {", ".join(raw_columns)}
+                                      order by line_number) as copy_number
             from keyed
             where mod(hashtext(coalesce(business_key, ''))::bigint + 2147483648,
                       %(shares)s) = %(share)s
@@ -265,42 +275,41 @@ def staging_statement(spec: StagingSpec) -> str:
 {reasons}
                    end as reason
             from landed
+            offset 0  -- the reason is read twice below: classify each row once
         ),
 
         -- Several valid rows for one key: the last line wins, earlier ones are superseded.
-        passing as (
+        -- (The rows arrive sorted by key from the numbering above: no second sort.)
+        judged as materialized (
             select classified.*,
-                   max(line_number) over (partition by business_key) as winning_line
+                   max(line_number) filter (where reason is null)
+                       over (partition by business_key) as winning_line
             from classified
-            where reason is null
         ),
 
         -- The explanation is computed for failing rows only.
-        rejected as (
-            select line_number, {key} as business_key, reason,
-                   case
-                       when reason = 'missing_key' then '{key} is missing'
-                       when reason = 'duplicate_row' then 'exact copy of an earlier row'
-{details}
-                   end as detail
-            from classified as landed
-            where reason is not null
-            union all
-            select line_number, {key}, 'duplicate_key', 'superseded by line ' || winning_line
-            from passing
-            where line_number <> winning_line
-        ),
-
         quarantined as (
             insert into audit.quarantine
                 (batch_id, source, source_file, line_number, business_key, reason, detail, raw_row)
-            select raw.batch_id, '{spec.source}', raw.source_file, raw.line_number,
-                   rejected.business_key, rejected.reason, rejected.detail,
-                   to_jsonb(raw) - 'batch_id' - 'source_file' - 'line_number'
-            from rejected
-            join staging.raw_{spec.source} as raw
-                on raw.batch_id = %(batch_id)s and raw.line_number = rejected.line_number
+            select %(batch_id)s, '{spec.source}', landed.source_file, landed.line_number,
+                   landed.{key}, coalesce(reason, 'duplicate_key'),
+                   case
+                       when reason is null then 'superseded by line ' || winning_line
+                       when reason = 'missing_key' then '{key} is missing'
+                       when reason = 'duplicate_row' then 'exact copy of an earlier row'
+{details}
+                   end,
+                   jsonb_build_object({raw_row})
+            from judged as landed
+            where reason is not null or line_number <> winning_line
             returning 1
+        ),
+
+        winners as (
+            select landed.*{references}
+            from judged as landed
+            where reason is null and line_number = winning_line
+            offset 0  -- keeps each reference computed once per row
         ),
 
         typed as (
@@ -308,9 +317,8 @@ def staging_statement(spec: StagingSpec) -> str:
                    landed.business_key,
                    {", ".join(f"{sql} as {column}" for column, sql in spec.hash_keys.items())},
                    {", ".join(f"{sql} as {column}" for column, sql in spec.typed.items())}
-            from passing as landed
-            {joins}
-            where landed.line_number = landed.winning_line
+            from winners as landed
+            offset 0  -- the hashdiff reads the typed columns again
         )
 
         insert into staging.stg_{spec.source} (

@@ -4,16 +4,32 @@ Every statement is idempotent: running it again for the same batch adds nothing,
 retried Airflow task or a reloaded file never duplicates vault rows. Only one batch loads at
 a time (see ``pipeline.start_batch``), so a plain anti-join decides what is new; it costs
 half of ``on conflict do nothing``, which probes the index twice per row.
+
+A batch larger than the table it loads (a first load) is a bulk load: the table's indexes
+are dropped first and built again from the loaded rows (``raw_vault.drop_indexes``), which
+is about three times faster than maintaining them row by row.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def _new_keys_statement(table: str, key: str, columns: str, staging: str) -> str:
+
+@dataclass(frozen=True)
+class VaultInsert:
+    """How one vault table takes a batch's new rows from staging."""
+
+    staging: str
+    statement: str  # reads the table through its indexes
+    bulk_statement: str  # the same rows, read set-wise: for a table without its indexes
+
+
+def _new_keys(table: str, key: str, columns: str, staging: str) -> VaultInsert:
     """Insert the staged rows whose key ``table`` does not hold yet (staging holds each key
-    once per batch: the quality checks resolve duplicates)."""
+    once per batch: the quality checks resolve duplicates). Without the index, PostgreSQL
+    plans the same anti-join as a hash join."""
     staged_columns = ", ".join(f"stg.{column.strip()}" for column in columns.split(","))
-    return f"""
+    statement = f"""
         insert into raw_vault.{table} ({key}, {columns}, load_dts, record_source)
         select stg.{key}, {staged_columns}, %(load_dts)s, stg.record_source
         from staging.{staging} as stg
@@ -22,33 +38,39 @@ def _new_keys_statement(table: str, key: str, columns: str, staging: str) -> str
               select 1 from raw_vault.{table} as existing where existing.{key} = stg.{key}
           )
     """
+    return VaultInsert(staging, statement, statement)
 
 
-HUB_STATEMENTS = {
-    "hub_customer": _new_keys_statement(
-        "hub_customer", "customer_hk", "customer_id", "stg_customers"
-    ),
-    "hub_product": _new_keys_statement("hub_product", "product_hk", "product_id", "stg_products"),
-    "hub_order": _new_keys_statement("hub_order", "order_hk", "order_id", "stg_transactions"),
+HUB_INSERTS = {
+    "hub_customer": _new_keys("hub_customer", "customer_hk", "customer_id", "stg_customers"),
+    "hub_product": _new_keys("hub_product", "product_hk", "product_id", "stg_products"),
+    "hub_order": _new_keys("hub_order", "order_hk", "order_id", "stg_transactions"),
 }
 
-LINK_STATEMENTS = {
-    "link_customer_order": _new_keys_statement(
+LINK_INSERTS = {
+    "link_customer_order": _new_keys(
         "link_customer_order", "customer_order_hk", "customer_hk, order_hk", "stg_transactions"
     ),
-    "link_order_product": _new_keys_statement(
+    "link_order_product": _new_keys(
         "link_order_product", "order_product_hk", "order_hk, product_hk", "stg_transactions"
     ),
 }
 
 
-def _satellite_statement(satellite: str, staging: str, key: str, payload: str) -> str:
-    """Insert a staged row only when its hashdiff differs from the key's latest satellite row."""
-    return f"""
+def _satellite(satellite: str, staging: str, key: str, payload: str) -> VaultInsert:
+    """Insert a staged row only when its hashdiff differs from the key's latest satellite row:
+    found by one index probe per staged row, or, in a bulk load, by one pass over the table."""
+    insert = f"""
         insert into raw_vault.{satellite} ({key}, load_dts, hashdiff, record_source, {payload})
         select stg.{key}, %(load_dts)s, stg.hashdiff, stg.record_source,
                {", ".join(f"stg.{column.strip()}" for column in payload.split(","))}
         from staging.{staging} as stg
+    """
+    newer = """
+        where stg.batch_id = %(batch_id)s
+          and latest.hashdiff is distinct from stg.hashdiff
+    """
+    probed = f"""
         left join lateral (
             select sat.hashdiff
             from raw_vault.{satellite} as sat
@@ -56,25 +78,31 @@ def _satellite_statement(satellite: str, staging: str, key: str, payload: str) -
             order by sat.load_dts desc
             limit 1
         ) as latest on true
-        where stg.batch_id = %(batch_id)s
-          and latest.hashdiff is distinct from stg.hashdiff
     """
+    scanned = f"""
+        left join (
+            select distinct on ({key}) {key}, hashdiff
+            from raw_vault.{satellite}
+            order by {key}, load_dts desc
+        ) as latest on latest.{key} = stg.{key}
+    """
+    return VaultInsert(staging, insert + probed + newer, insert + scanned + newer)
 
 
-SATELLITE_STATEMENTS = {
-    "sat_customer_details": _satellite_statement(
+SATELLITE_INSERTS = {
+    "sat_customer_details": _satellite(
         "sat_customer_details",
         "stg_customers",
         "customer_hk",
         "first_name, last_name, email, phone, city, state, country, signup_date, customer_segment",
     ),
-    "sat_product_details": _satellite_statement(
+    "sat_product_details": _satellite(
         "sat_product_details",
         "stg_products",
         "product_hk",
         "product_name, category, brand, unit_price, cost",
     ),
-    "sat_order_details": _satellite_statement(
+    "sat_order_details": _satellite(
         "sat_order_details",
         "stg_transactions",
         "order_hk",
@@ -85,13 +113,33 @@ SATELLITE_STATEMENTS = {
 
 
 # Every raw vault table, in load order.
-VAULT_TABLES = (*HUB_STATEMENTS, *LINK_STATEMENTS, *SATELLITE_STATEMENTS)
+VAULT_TABLES = (*HUB_INSERTS, *LINK_INSERTS, *SATELLITE_INSERTS)
 
 
-def run_statements(cursor, statements: dict[str, str], batch_id: int, load_dts) -> dict[str, int]:
-    """Run each statement for the batch; returns the rows each one inserted."""
+def insert_new_rows(
+    cursor, inserts: dict[str, VaultInsert], batch_id: int, load_dts
+) -> dict[str, int]:
+    """Insert the batch's new rows into each table; returns the rows each one took."""
+    params = {"batch_id": batch_id, "load_dts": load_dts}
     inserted: dict[str, int] = {}
-    for table, statement in statements.items():
-        cursor.execute(statement, {"batch_id": batch_id, "load_dts": load_dts})
-        inserted[table] = cursor.rowcount
+    for table, insert in inserts.items():
+        # Row estimates from the last ANALYZE (staging is analysed after the quality checks,
+        # the vault after every load); a never-analysed table counts as empty.
+        cursor.execute(
+            """
+            select staged.reltuples > greatest(target.reltuples, 0)
+            from pg_class as staged, pg_class as target
+            where staged.oid = %s::regclass and target.oid = %s::regclass
+            """,
+            (f"staging.{insert.staging}", f"raw_vault.{table}"),
+        )
+        if cursor.fetchone()[0]:
+            cursor.execute("select raw_vault.drop_indexes(%s)", (f"raw_vault.{table}",))
+            definitions = cursor.fetchone()[0]
+            cursor.execute(insert.bulk_statement, params)
+            inserted[table] = cursor.rowcount
+            cursor.execute("call raw_vault.build_indexes(%s)", (definitions,))
+        else:
+            cursor.execute(insert.statement, params)
+            inserted[table] = cursor.rowcount
     return inserted
