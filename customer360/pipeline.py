@@ -152,32 +152,47 @@ def check_staging(batch_id: int, settings: Settings | None = None) -> dict:
     Raises ``ThresholdBreachedError`` (after marking the batch failed) before the vault is
     touched when a source has fewer valid rows than its minimum.
     """
-    settings = settings or get_settings()
     started = time.perf_counter()
+    # Customers and products first, because transactions refer to them.
+    check_sources(batch_id, ("customers", "products"), settings)
+    check_sources(batch_id, ("transactions",), settings)
+    return close_checks(batch_id, started, settings)
+
+
+def check_sources(batch_id: int, names: tuple[str, ...], settings: Settings | None = None) -> None:
+    """Run the quality checks of these sources, each in shares of its keys, side by side.
+
+    Rows a retried check had staged or quarantined for these sources are cleared first.
+    """
+    settings = settings or get_settings()
     specs = load_source_specs(settings)
     rules = staging_specs(specs)
+    shares = settings.load_parallelism
     with transaction(settings) as cur:
-        cur.execute(
-            "delete from audit.quarantine where batch_id = %s"
-            " and reason not in ('malformed_row', 'invalid_encoding')",
-            (batch_id,),
-        )
-        for name in SOURCE_NAMES:
+        for name in names:
+            cur.execute(
+                "delete from audit.quarantine where batch_id = %s and source = %s"
+                " and reason not in ('malformed_row', 'invalid_encoding')",
+                (batch_id, name),
+            )
             cur.execute(f"delete from staging.stg_{name} where batch_id = %s", (batch_id,))
 
     def check(name: str, share: int) -> None:
         with transaction(settings) as cur:
             check_source(cur, specs[name], rules[name], batch_id, share, shares)
 
-    # Each source is checked in shares of its keys, side by side; customers and products
-    # first, because transactions refer to them.
-    shares = settings.load_parallelism
-    for names in (("customers", "products"), ("transactions",)):
-        run_side_by_side([partial(check, name, share) for name in names for share in range(shares)])
-        with transaction(settings) as cur:
-            for name in names:
-                # Fresh statistics keep the planner from guessing on tables filled moments ago.
-                cur.execute(f"analyze staging.stg_{name}")
+    run_side_by_side([partial(check, name, share) for name in names for share in range(shares)])
+    with transaction(settings) as cur:
+        for name in names:
+            # Fresh statistics keep the planner from guessing on tables filled moments ago.
+            cur.execute(f"analyze staging.stg_{name}")
+
+
+def close_checks(batch_id: int, started: float, settings: Settings | None = None) -> dict:
+    """Once every source is checked: list the ghost-linked orders, record the counts, and
+    fail the batch when a source has fewer valid rows than its minimum (``started`` is when
+    the checks began, for the stage timing)."""
+    settings = settings or get_settings()
     with transaction(settings) as cur:
         record_ghost_links(cur, batch_id)
         staged = {}
@@ -333,12 +348,27 @@ def run_batch(
         batch_id = start_batch(Path(data_dir), settings)
         notify("start", {"batch_id": batch_id})
         try:
+            # Customers and products are checked while transactions, which refer to them
+            # and are by far the largest file, are still landing.
+            checks_started: list[float] = []
+
+            def land_and_check(source: str) -> dict:
+                counts = load_staging(batch_id, source, settings)
+                checks_started.append(time.perf_counter())
+                check_sources(batch_id, (source,), settings)
+                return counts
+
             landed = run_side_by_side(
-                [partial(load_staging, batch_id, source, settings) for source in SOURCE_NAMES]
+                [
+                    partial(land_and_check, "customers"),
+                    partial(land_and_check, "products"),
+                    partial(load_staging, batch_id, "transactions", settings),
+                ]
             )
             for source, counts in zip(SOURCE_NAMES, landed, strict=True):
                 notify(f"land_{source}", counts)
-            notify("quality_checks", check_staging(batch_id, settings))
+            check_sources(batch_id, ("transactions",), settings)
+            notify("quality_checks", close_checks(batch_id, min(checks_started), settings))
             # Hash keys are computed in staging and the vault has no foreign keys, so hubs,
             # links and satellites load side by side; reconciliation then checks them together.
             loads = (("hubs", load_hubs), ("links", load_links), ("satellites", load_satellites))

@@ -66,8 +66,9 @@ class StagingSpec:
 
 
 def clean(column: str) -> str:
-    """A landed text column, trimmed, with empty meaning missing."""
-    return f"nullif(btrim(landed.{column}), '')"
+    """A landed text column, trimmed, with empty meaning missing (computed once per row by
+    the staging statement)."""
+    return f"landed.clean_{column}"
 
 
 def _quoted(column: str) -> str:
@@ -241,6 +242,11 @@ def staging_statement(spec: StagingSpec) -> str:
         for rule in spec.rules
     )
     raw_row = ", ".join(f"'{column}', landed.{column}" for column in raw_columns)
+    cleaned = ", ".join(
+        f"nullif(btrim(keyed.{column}), '') as clean_{column}"
+        for column in raw_columns
+        if column != spec.key_column
+    )
     hash_columns = list(spec.hash_keys)
     typed_columns = list(spec.typed)
     hashdiff = "md5(concat_ws('||', {}))::uuid".format(
@@ -261,7 +267,8 @@ def staging_statement(spec: StagingSpec) -> str:
         landed as (
             select keyed.*,
                    row_number() over (partition by business_key, {", ".join(raw_columns)}
-                                      order by line_number) as copy_number
+                                      order by line_number) as copy_number,
+                   {cleaned}
             from keyed
             where mod(hashtext(coalesce(business_key, ''))::bigint + 2147483648,
                       %(shares)s) = %(share)s

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from customer360.quality import GHOST_KEY
+from customer360.vault import batch_outnumbers, latest_satellite_rows
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ SOURCES = {
 }
 
 
-def _one_pass(source: SourceChecks) -> str:
+def _one_pass(source: SourceChecks, set_wise: bool) -> str:
     """Counts of the staged rows and of those found in each vault table, in one statement."""
     found = [
         f"count(j{number}.{column}) as {name}"
@@ -66,6 +67,7 @@ def _one_pass(source: SourceChecks) -> str:
         f"left join raw_vault.{table} as j{number} on j{number}.{column} = stg.{column}"
         for number, (table, column) in enumerate(source.joins.values())
     )
+    latest_columns = "hashdiff, total_amount" if source.amounts else "hashdiff"
     amounts = (
         ", coalesce(sum(stg.total_amount), 0) as staged_amount,"
         " coalesce(sum(latest.total_amount), 0) as vault_amount"
@@ -79,13 +81,7 @@ def _one_pass(source: SourceChecks) -> str:
                {amounts}
         from staging.{source.staging} as stg
         {joins}
-        left join lateral (
-            select sat.hashdiff{", sat.total_amount" if source.amounts else ""}
-            from raw_vault.{source.satellite} as sat
-            where sat.{source.key} = stg.{source.key}
-            order by sat.load_dts desc
-            limit 1
-        ) as latest on true
+        {latest_satellite_rows(source.satellite, source.key, latest_columns, set_wise)}
         where stg.batch_id = %(batch_id)s
     """
 
@@ -114,7 +110,9 @@ def reconcile_batch(cursor, batch_id: int, data_rows: dict[str, int]) -> list[di
         cursor.execute(ROWS_ACCOUNTED_FOR.format(source=source), params)
         results.append(_result(f"{source}_rows_accounted_for", expected, cursor.fetchone()[0]))
     for checks in SOURCES.values():
-        cursor.execute(_one_pass(checks), params)
+        # A large batch (a first load) finds the latest satellite rows in one pass.
+        set_wise = batch_outnumbers(cursor, checks.staging, checks.satellite, share=0.25)
+        cursor.execute(_one_pass(checks, set_wise), params)
         names = [column.name for column in cursor.description]
         counts = dict(zip(names, cursor.fetchone(), strict=True))
         staged = counts["staged"]

@@ -57,9 +57,32 @@ LINK_INSERTS = {
 }
 
 
+def latest_satellite_rows(satellite: str, key: str, columns: str, set_wise: bool) -> str:
+    """A left join of ``stg`` to the latest row of each key in ``satellite`` (as ``latest``,
+    with ``columns``): one index probe per staged row, or, ``set_wise``, one pass over the
+    whole satellite, which is cheaper when the batch is large next to the satellite (and
+    the only way when its index has been dropped for a bulk load)."""
+    if set_wise:
+        return f"""
+            left join (
+                select distinct on ({key}) {key}, {columns}
+                from raw_vault.{satellite}
+                order by {key}, load_dts desc
+            ) as latest on latest.{key} = stg.{key}
+        """
+    return f"""
+        left join lateral (
+            select {columns}
+            from raw_vault.{satellite} as sat
+            where sat.{key} = stg.{key}
+            order by sat.load_dts desc
+            limit 1
+        ) as latest on true
+    """
+
+
 def _satellite(satellite: str, staging: str, key: str, payload: str) -> VaultInsert:
-    """Insert a staged row only when its hashdiff differs from the key's latest satellite row:
-    found by one index probe per staged row, or, in a bulk load, by one pass over the table."""
+    """Insert a staged row only when its hashdiff differs from the key's latest satellite row."""
     insert = f"""
         insert into raw_vault.{satellite} ({key}, load_dts, hashdiff, record_source, {payload})
         select stg.{key}, %(load_dts)s, stg.hashdiff, stg.record_source,
@@ -70,23 +93,11 @@ def _satellite(satellite: str, staging: str, key: str, payload: str) -> VaultIns
         where stg.batch_id = %(batch_id)s
           and latest.hashdiff is distinct from stg.hashdiff
     """
-    probed = f"""
-        left join lateral (
-            select sat.hashdiff
-            from raw_vault.{satellite} as sat
-            where sat.{key} = stg.{key}
-            order by sat.load_dts desc
-            limit 1
-        ) as latest on true
-    """
-    scanned = f"""
-        left join (
-            select distinct on ({key}) {key}, hashdiff
-            from raw_vault.{satellite}
-            order by {key}, load_dts desc
-        ) as latest on latest.{key} = stg.{key}
-    """
-    return VaultInsert(staging, insert + probed + newer, insert + scanned + newer)
+    return VaultInsert(
+        staging,
+        insert + latest_satellite_rows(satellite, key, "hashdiff", set_wise=False) + newer,
+        insert + latest_satellite_rows(satellite, key, "hashdiff", set_wise=True) + newer,
+    )
 
 
 SATELLITE_INSERTS = {
@@ -123,17 +134,7 @@ def insert_new_rows(
     params = {"batch_id": batch_id, "load_dts": load_dts}
     inserted: dict[str, int] = {}
     for table, insert in inserts.items():
-        # Row estimates from the last ANALYZE (staging is analysed after the quality checks,
-        # the vault after every load); a never-analysed table counts as empty.
-        cursor.execute(
-            """
-            select staged.reltuples > greatest(target.reltuples, 0)
-            from pg_class as staged, pg_class as target
-            where staged.oid = %s::regclass and target.oid = %s::regclass
-            """,
-            (f"staging.{insert.staging}", f"raw_vault.{table}"),
-        )
-        if cursor.fetchone()[0]:
+        if batch_outnumbers(cursor, insert.staging, table):
             cursor.execute("select raw_vault.drop_indexes(%s)", (f"raw_vault.{table}",))
             definitions = cursor.fetchone()[0]
             cursor.execute(insert.bulk_statement, params)
@@ -143,3 +144,19 @@ def insert_new_rows(
             cursor.execute(insert.statement, params)
             inserted[table] = cursor.rowcount
     return inserted
+
+
+def batch_outnumbers(cursor, staging: str, table: str, share: float = 1.0) -> bool:
+    """Whether the rows staged in ``staging`` outnumber ``share`` of the rows of the vault
+    ``table``. Both come from the estimates of the last ANALYZE (staging is analysed after
+    the quality checks, the vault after every load); a never-analysed table counts as
+    empty."""
+    cursor.execute(
+        """
+        select staged.reltuples > %s * greatest(target.reltuples, 0)
+        from pg_class as staged, pg_class as target
+        where staged.oid = %s::regclass and target.oid = %s::regclass
+        """,
+        (share, f"staging.{staging}", f"raw_vault.{table}"),
+    )
+    return cursor.fetchone()[0]

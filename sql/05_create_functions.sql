@@ -59,7 +59,8 @@ begin
     select state.refreshed_through into caught_up_to
     from business_vault.order_facts_state as state
     for update;
-    changed := array(
+    select count(*) into stored from business_vault.order_facts;
+    changed := case when stored > 0 then array(
         select order_hk from raw_vault.sat_order_details
         where load_dts > caught_up_to and load_dts <= snapshot
         union
@@ -68,12 +69,12 @@ begin
         union
         select order_hk from raw_vault.link_order_product
         where load_dts > caught_up_to and load_dts <= snapshot
-    );
-    select count(*) into stored from business_vault.order_facts;
+    ) end;
 
-    -- Rewriting a few orders costs little; when most of them changed (a first load),
-    -- refilling the table and building its indexes afresh costs a fraction of that.
-    if cardinality(changed) > stored / 4 then
+    -- Rewriting a few orders costs little; when most of them changed (or the table is empty,
+    -- as before a first load), refilling it and building its indexes afresh costs a fraction
+    -- of that.
+    if stored = 0 or cardinality(changed) > stored / 4 then
         call business_vault.refill_order_facts();
     elsif cardinality(changed) > 0 then
         delete from business_vault.order_facts where order_hk = any (changed);

@@ -11,12 +11,14 @@ import pytest
 
 from customer360.generator import generate_dataset, generate_next_day
 from customer360.pipeline import (
+    ReconciliationError,
     check_staging,
     fail_batch,
     load_hubs,
     load_links,
     load_satellites,
     load_staging,
+    reconcile,
     run_batch,
     start_batch,
 )
@@ -361,6 +363,73 @@ def test_a_batch_larger_than_the_vault_loads_in_bulk_onto_its_history(make_datab
     assert_business_views_match(
         reversed_order, expected_after_next_day(expected_warehouse(next_day), base)
     )
+
+
+@pytest.mark.parametrize("first_load", [True, False], ids=["first load", "next day"])
+def test_reconciliation_catches_what_did_not_reach_the_vault(
+    small_database, small_data, first_load
+):
+    """Orders missing from the hub and satellites whose latest row is not the staged one
+    fail the batch, with the counts and amounts the files give (found set-wise in a first
+    load, by index probes in a small next-day batch)."""
+    settings = small_database
+    base, next_day = small_data
+    if not first_load:
+        run_batch(base, settings)
+    data_dir = base if first_load else next_day
+    orders = expected_warehouse(data_dir).orders
+    batch_id = start_batch(data_dir, settings)
+    for source in SOURCE_NAMES:
+        load_staging(batch_id, source, settings)
+    check_staging(batch_id, settings)
+    for load in (load_hubs, load_links, load_satellites):
+        load(batch_id, settings)
+    order_ids = sorted(orders)
+    lost, overwritten = order_ids[:3], order_ids[3:5]
+    conn = psycopg2.connect(settings.dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("delete from raw_vault.hub_order where order_id = any(%s)", (lost,))
+        cur.execute(
+            """
+            insert into raw_vault.sat_order_details
+            select sat.order_hk, sat.load_dts + interval '1 second', md5('changed')::uuid,
+                   sat.record_source, sat.quantity, sat.unit_price, sat.discount,
+                   sat.total_amount + 100, sat.transaction_ts, sat.payment_method,
+                   sat.order_status
+            from raw_vault.sat_order_details as sat
+            join raw_vault.hub_order as hub using (order_hk)
+            where hub.order_id = any(%s)
+            """,
+            (overwritten,),
+        )
+    conn.close()
+
+    with pytest.raises(ReconciliationError):
+        reconcile(batch_id, settings)
+
+    checks = {
+        name: (float(expected), float(actual), passed)
+        for name, expected, actual, passed in query(
+            settings,
+            "select check_name, expected, actual, passed from audit.reconciliation"
+            " where batch_id = %s",
+            (batch_id,),
+        )
+    }
+    staged = float(len(orders))
+    total = float(sum(order["total"] for order in orders.values()))
+    assert checks["hub_order_has_every_staged_order"] == (staged, staged - 3, False)
+    assert checks["sat_order_details_current_for_every_staged_order"] == (
+        staged,
+        staged - 2,
+        False,
+    )
+    assert checks["order_amount_total_matches_staging"] == (total, total + 200, False)
+    assert checks["link_customer_order_has_every_staged_order"] == (staged, staged, True)
+    ((status,),) = query(
+        settings, "select status from audit.load_batch where batch_id = %s", (batch_id,)
+    )
+    assert status == "failed"
 
 
 def assert_business_views_match(settings, expected) -> None:
