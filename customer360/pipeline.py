@@ -69,6 +69,8 @@ def start_batch(data_dir: Path, settings: Settings | None = None) -> int:
     with transaction(settings) as cur:
         # Serialise batch starts, so two loads cannot both see "nothing running".
         cur.execute("lock table audit.load_batch in share row exclusive mode")
+        # Indexes a stopped load had dropped for a bulk load are built again first.
+        cur.execute("call raw_vault.build_indexes()")
         cur.execute(
             """
             select batch_id, started_at from audit.load_batch
@@ -278,19 +280,34 @@ def refresh_business_views(batch_id: int, settings: Settings | None = None) -> N
     """Bring the business views up to date with the vault after a batch.
 
     The point-in-time tables and the order facts (only the orders the batch changed) come
-    first; the customer and product views both derive from them and are rebuilt side by side.
+    first. The customer and product views both derive from the facts; they are rebuilt side
+    by side, and with the facts' indexes when the facts were refilled in bulk.
     """
     started = time.perf_counter()
     with transaction(settings) as cur:
         cur.execute("select load_dts from audit.load_batch where batch_id = %s", (batch_id,))
         load_dts = cur.fetchone()[0]
         cur.execute("call business_vault.refresh_order_views(%s)", (load_dts,))
+        cur.execute(
+            "select index_name from audit.dropped_indexes where table_name = %s",
+            ("business_vault.order_facts",),
+        )
+        dropped = [name for (name,) in cur.fetchall()]
 
     def refresh(view: str) -> None:
         with transaction(settings) as cur:
             cur.execute("call business_vault.refresh_view(%s)", (view,))
 
-    run_side_by_side([partial(refresh, view) for view in DERIVED_VIEWS])
+    def build(index_name: str) -> None:
+        with transaction(settings) as cur:
+            cur.execute("call raw_vault.build_index(%s)", (index_name,))
+
+    settings = settings or get_settings()
+    run_side_by_side(
+        [partial(refresh, view) for view in DERIVED_VIEWS]
+        + [partial(build, index_name) for index_name in dropped],
+        workers=settings.load_parallelism,
+    )
     with transaction(settings) as cur:
         _record_timing(cur, batch_id, "refresh_views", started)
 
@@ -412,12 +429,13 @@ def batch_report(batch_id: int | None = None, settings: Settings | None = None) 
         return report
 
 
-def run_side_by_side(calls: list[Callable[[], object]]) -> list:
-    """Run independent steps at once, each on its own connection; returns their results in
-    order, or raises the first step's error after all have ended."""
+def run_side_by_side(calls: list[Callable[[], object]], workers: int | None = None) -> list:
+    """Run independent steps at once (at most ``workers`` at a time, in the order given),
+    each on its own connection; returns their results in order, or raises the first step's
+    error after all have ended."""
     if len(calls) == 1:
         return [calls[0]()]
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+    with ThreadPoolExecutor(max_workers=workers or len(calls)) as pool:
         futures = [pool.submit(call) for call in calls]
     return [future.result() for future in futures]
 

@@ -135,11 +135,10 @@ def insert_new_rows(
     inserted: dict[str, int] = {}
     for table, insert in inserts.items():
         if batch_outnumbers(cursor, insert.staging, table):
-            cursor.execute("select raw_vault.drop_indexes(%s)", (f"raw_vault.{table}",))
-            definitions = cursor.fetchone()[0]
+            cursor.execute("call raw_vault.drop_indexes(%s)", (f"raw_vault.{table}",))
             cursor.execute(insert.bulk_statement, params)
             inserted[table] = cursor.rowcount
-            cursor.execute("call raw_vault.build_indexes(%s)", (definitions,))
+            cursor.execute("call raw_vault.build_indexes(%s)", (f"raw_vault.{table}",))
         else:
             cursor.execute(insert.statement, params)
             inserted[table] = cursor.rowcount

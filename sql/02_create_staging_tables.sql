@@ -46,6 +46,16 @@ create table if not exists audit.reconciliation (
     primary key (batch_id, check_name)
 );
 
+-- Indexes a bulk load has dropped and not yet built again, with the statement that builds
+-- each one (see raw_vault.drop_indexes). A load that stops in between leaves them here, and
+-- the next batch builds them first.
+create table if not exists audit.dropped_indexes (
+    index_name text primary key, -- schema-qualified
+    table_name text not null,
+    definition text not null,
+    dropped_at timestamptz not null default now()
+);
+
 -- Landing tables: one text column per canonical field, as the file gave it.
 create unlogged table if not exists staging.raw_customers (
     batch_id         bigint  not null,

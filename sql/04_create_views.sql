@@ -8,6 +8,7 @@ drop materialized view if exists business_vault.mv_product_analytics cascade;
 drop materialized view if exists business_vault.mv_customer_360 cascade;
 drop materialized view if exists business_vault.mv_order_analytics cascade;
 drop table if exists business_vault.order_facts cascade;
+delete from audit.dropped_indexes where table_name = 'business_vault.order_facts';
 drop table if exists business_vault.order_facts_state;
 drop view if exists business_vault.vw_order_analytics cascade;
 drop view if exists business_vault.vw_current_customer cascade;

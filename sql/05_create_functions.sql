@@ -90,17 +90,19 @@ $$;
 -- Bulk loads: when a load brings more rows than a table holds (a first load), keeping its
 -- B-tree indexes up to date row by row costs about three times as much as dropping them and
 -- building them once the rows are in. drop_indexes drops a table's indexes (with the
--- constraints they back) and returns the statements that build them again.
-create or replace function raw_vault.drop_indexes(target regclass)
-returns text[]
+-- constraints they back) and records in audit.dropped_indexes the statement that builds
+-- each again; build_index runs one of them. Both take part in the caller's transaction.
+drop function if exists raw_vault.drop_indexes(regclass);
+drop procedure if exists raw_vault.build_indexes(text[]);
+
+create or replace procedure raw_vault.drop_indexes(target regclass)
 language plpgsql
 as $$
 declare
-    rebuild text[] := '{}';
     existing record;
 begin
     for existing in
-        select pg_index.indexrelid::regclass as index_name,
+        select pg_index.indexrelid::regclass::text as index_name,
                pg_get_indexdef(pg_index.indexrelid) as index_definition,
                con.conname as constraint_name,
                pg_get_constraintdef(con.oid) as constraint_definition
@@ -109,44 +111,65 @@ begin
                                       and con.conrelid = target
         where pg_index.indrelid = target
     loop
+        insert into audit.dropped_indexes (index_name, table_name, definition)
+        values (
+            existing.index_name,
+            target::text,
+            case when existing.constraint_name is not null
+                 then format('alter table %s add constraint %I %s', target,
+                             existing.constraint_name, existing.constraint_definition)
+                 else existing.index_definition
+            end
+        );
         if existing.constraint_name is not null then
             execute format('alter table %s drop constraint %I', target, existing.constraint_name);
-            rebuild := rebuild || format('alter table %s add constraint %I %s',
-                                         target, existing.constraint_name,
-                                         existing.constraint_definition);
         else
             execute format('drop index %s', existing.index_name);
-            rebuild := rebuild || existing.index_definition;
         end if;
     end loop;
-    return rebuild;
 end;
 $$;
 
-create or replace procedure raw_vault.build_indexes(definitions text[])
+create or replace procedure raw_vault.build_index(dropped text)
 language plpgsql
 as $$
 declare
-    definition text;
+    statement text;
 begin
-    foreach definition in array definitions loop
-        execute definition;
+    delete from audit.dropped_indexes where index_name = dropped returning definition into statement;
+    if statement is not null then
+        execute statement;
+    end if;
+end;
+$$;
+
+-- Every index still recorded as dropped for the table (all of them, when none is given).
+create or replace procedure raw_vault.build_indexes(target regclass default null)
+language plpgsql
+as $$
+declare
+    dropped text;
+begin
+    for dropped in
+        select index_name from audit.dropped_indexes
+        where target is null or table_name = target::text
+        order by index_name
+    loop
+        call raw_vault.build_index(dropped);
     end loop;
 end;
 $$;
 
--- Refill the order facts from the vault, as a bulk load.
+-- Refill the order facts from the vault, as a bulk load. The indexes are left to the caller
+-- (raw_vault.build_index), which builds them side by side with the views that read the facts.
 create or replace procedure business_vault.refill_order_facts()
 language plpgsql
 as $$
-declare
-    definitions text[];
 begin
-    definitions := raw_vault.drop_indexes('business_vault.order_facts');
+    call raw_vault.drop_indexes('business_vault.order_facts');
     truncate business_vault.order_facts;
     insert into business_vault.order_facts
     select * from business_vault.order_facts_from_vault(null);
-    call raw_vault.build_indexes(definitions);
 end;
 $$;
 

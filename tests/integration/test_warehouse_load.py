@@ -432,6 +432,28 @@ def test_reconciliation_catches_what_did_not_reach_the_vault(
     assert status == "failed"
 
 
+def test_indexes_a_stopped_bulk_load_left_dropped_are_built_by_the_next_batch(
+    small_database, small_data
+):
+    settings = small_database
+    base, _ = small_data
+    run_batch(base, settings)
+    definitions = "select indexdef from pg_indexes where tablename = 'order_facts' order by 1"
+    before = query(settings, definitions)
+    # A refresh that stopped after refilling the facts, before building their indexes.
+    conn = psycopg2.connect(settings.dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("call raw_vault.drop_indexes('business_vault.order_facts')")
+    conn.close()
+    assert query(settings, definitions) == []
+
+    run_batch(base, settings)
+
+    assert len(before) == 4
+    assert query(settings, definitions) == before
+    assert query(settings, "select count(*) from audit.dropped_indexes") == [(0,)]
+
+
 def assert_business_views_match(settings, expected) -> None:
     """Every row of the order, customer and product views is what the files say."""
     conn = psycopg2.connect(settings.dsn)
