@@ -50,8 +50,13 @@ def _batch_id(cursor) -> int:
     return cursor.fetchone()[0]
 
 
-def test_awkward_records_land_or_are_quarantined_with_their_line(cursor, database, tmp_path):
-    content = HEADER + b"".join(AWKWARD_LINES)
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"], ids=["crlf", "lf"])
+def test_awkward_records_land_or_are_quarantined_with_their_line(
+    cursor, database, tmp_path, line_end
+):
+    # Plain lines between the awkward ones, as in a real file, with both kinds of line end.
+    content = (HEADER + b"".join(AWKWARD_LINES)).replace(b"\r\n", line_end)
+    newline = line_end.decode()
     path = tmp_path / "products.csv"
     path.write_bytes(content)
     batch_id = _batch_id(cursor)
@@ -66,7 +71,7 @@ def test_awkward_records_land_or_are_quarantined_with_their_line(cursor, databas
     assert cursor.fetchall() == [
         (2, "P1", "Plain", "Acme", "0.50"),
         (4, "P2", 'Comma, and "quote"', "Acme", "1.00"),
-        (6, "P3", "Two\r\nlines", "Acme", "1.50"),
+        (6, "P3", f"Two{newline}lines", "Acme", "1.50"),
         (10, "P7", " Spaced ", None, "3.50"),
     ]
     cursor.execute(
@@ -78,7 +83,7 @@ def test_awkward_records_land_or_are_quarantined_with_their_line(cursor, databas
         (7, "malformed_row", {"fields": ["P4", "Short", "Tools", "Acme", "4.00"]}),
         (8, "invalid_encoding", {"fields": ["P5", "Caf\ufffd", "Tools", "Acme", "5.00", "2.50"]}),
         (9, "invalid_encoding", {"fields": ["P6", "Nul\\0l", "Tools", "Acme", "6.00", "3.00"]}),
-        (11, "malformed_row", {"fields": ["P8", "never closed,Tools,Acme,8.00,4.00\r\n"]}),
+        (11, "malformed_row", {"fields": ["P8", f"never closed,Tools,Acme,8.00,4.00{newline}"]}),
     ]
     assert (result.data_rows, result.landed) == (8, 4)
     assert (result.sha256, result.bytes) == (hashlib.sha256(content).hexdigest(), len(content))
