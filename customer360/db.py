@@ -39,6 +39,10 @@ def transaction(settings: Settings | None = None) -> Iterator[psycopg2.extension
             # The loader analyzes the tables it fills so that its next statements get good
             # plans; a sample of 3,000 rows does that for a tenth of the default's cost.
             cur.execute("set local default_statistics_target = 10")
+            # The loader runs its steps side by side, each on its own connection; parallel
+            # workers within a statement would only compete with them (and repeat work: each
+            # worker builds the inner side of a join itself).
+            cur.execute("set local max_parallel_workers_per_gather = 0")
             yield cur
         conn.commit()
     except BaseException:

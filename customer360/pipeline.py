@@ -280,32 +280,34 @@ def refresh_business_views(batch_id: int, settings: Settings | None = None) -> N
     """Bring the business views up to date with the vault after a batch.
 
     The point-in-time tables and the order facts (only the orders the batch changed) come
-    first. The customer and product views both derive from the facts; they are rebuilt side
-    by side, and with the facts' indexes when the facts were refilled in bulk.
+    first, side by side. The customer and product views both derive from them; they are
+    rebuilt side by side, and with the facts' indexes when the facts were refilled in bulk.
     """
+    settings = settings or get_settings()
     started = time.perf_counter()
     with transaction(settings) as cur:
         cur.execute("select load_dts from audit.load_batch where batch_id = %s", (batch_id,))
         load_dts = cur.fetchone()[0]
-        cur.execute("call business_vault.refresh_order_views(%s)", (load_dts,))
+
+    def call(procedure: str, argument: object) -> None:
+        with transaction(settings) as cur:
+            cur.execute(f"call {procedure}(%s)", (argument,))
+
+    run_side_by_side(
+        [
+            partial(call, "business_vault.refresh_order_facts", load_dts),
+            partial(call, "business_vault.refresh_pit_tables", load_dts),
+        ]
+    )
+    with transaction(settings) as cur:
         cur.execute(
             "select index_name from audit.dropped_indexes where table_name = %s",
             ("business_vault.order_facts",),
         )
         dropped = [name for (name,) in cur.fetchall()]
-
-    def refresh(view: str) -> None:
-        with transaction(settings) as cur:
-            cur.execute("call business_vault.refresh_view(%s)", (view,))
-
-    def build(index_name: str) -> None:
-        with transaction(settings) as cur:
-            cur.execute("call raw_vault.build_index(%s)", (index_name,))
-
-    settings = settings or get_settings()
     run_side_by_side(
-        [partial(refresh, view) for view in DERIVED_VIEWS]
-        + [partial(build, index_name) for index_name in dropped],
+        [partial(call, "business_vault.refresh_view", view) for view in DERIVED_VIEWS]
+        + [partial(call, "raw_vault.build_index", index_name) for index_name in dropped],
         workers=settings.load_parallelism,
     )
     with transaction(settings) as cur:

@@ -121,7 +121,7 @@ join raw_vault.sat_product_details as sat
 -- other business view derives from. The customer's and product's attributes are not copied
 -- here but joined in vw_order_analytics, so a changed customer does not rewrite their orders.
 -- A table, not a materialized view: after a batch the loader rewrites only the orders the
--- batch changed (business_vault.refresh_order_views).
+-- batch changed (business_vault.refresh_order_facts).
 create table business_vault.order_facts (
     order_id       text        not null,
     transaction_ts timestamptz,

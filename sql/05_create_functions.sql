@@ -28,15 +28,10 @@ as $$
     select md5(raw_vault.normalise_key(key_part_1) || '||' || raw_vault.normalise_key(key_part_2))::uuid
 $$;
 
--- After a load: rebuild the point-in-time tables as of the snapshot (the batch's load_dts),
--- then bring the order facts up to date.
-create or replace procedure business_vault.refresh_order_views(snapshot timestamptz)
+-- After a load: rebuild the point-in-time tables as of the snapshot (the batch's load_dts).
+create or replace procedure business_vault.refresh_pit_tables(snapshot timestamptz)
 language plpgsql
 as $$
-declare
-    caught_up_to timestamptz;
-    changed uuid[];
-    stored bigint;
 begin
     delete from business_vault.pit_customer;
     insert into business_vault.pit_customer (customer_hk, snapshot_dts, sat_customer_details_load_dts)
@@ -53,7 +48,19 @@ begin
     where load_dts <= snapshot
     group by product_hk;
     analyze business_vault.pit_product;
+end;
+$$;
 
+-- And, side by side with that, bring the order facts up to date.
+drop procedure if exists business_vault.refresh_order_views(timestamptz);
+create or replace procedure business_vault.refresh_order_facts(snapshot timestamptz)
+language plpgsql
+as $$
+declare
+    caught_up_to timestamptz;
+    changed uuid[];
+    stored bigint;
+begin
     -- The orders changed since the facts were last brought up to date: by this load, and by
     -- any earlier one whose refresh never ran (every vault row carries its load's load_dts).
     select state.refreshed_through into caught_up_to
