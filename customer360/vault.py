@@ -5,10 +5,10 @@ retried Airflow task or a reloaded file never duplicates vault rows. Only one ba
 a time (see ``pipeline.start_batch``), so a plain anti-join decides what is new; it costs
 half of ``on conflict do nothing``, which probes the index twice per row.
 
-A batch larger than the table it loads (a first load) is a bulk load: the table's indexes
-are dropped first and built again from the loaded rows (``raw_vault.drop_indexes``), which
-is about three times faster than maintaining them row by row, and an empty table is
-truncated first, so that its rows skip the write-ahead log.
+A batch more than twice the size of the table it loads (a first load) is a bulk load: the
+table's indexes are dropped first and built again from the loaded rows
+(``raw_vault.drop_indexes``), which is about three times faster than maintaining them row
+by row, and an empty table is truncated first, so that its rows skip the write-ahead log.
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def insert_new_rows(
     params = {"batch_id": batch_id, "load_dts": load_dts}
     inserted: dict[str, int] = {}
     for table, insert in inserts.items():
-        if batch_outnumbers(cursor, insert.staging, table):
+        # A batch twice the table's size: a first load, not a full snapshot restated.
+        if batch_outnumbers(cursor, insert.staging, table, share=2.0):
             cursor.execute("call raw_vault.drop_indexes(%s)", (f"raw_vault.{table}",))
             # An empty table truncated in the loading transaction is filled without writing
             # its rows to the WAL (wal_level = minimal: it is synced to disk at commit).
