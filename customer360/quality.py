@@ -8,7 +8,7 @@ and the rest, with hash keys and hashdiff computed once, to ``staging.stg_<sourc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from customer360.errors import UserFacingError
 from customer360.sources import CANONICAL_ORDER, SourceSpec
@@ -60,9 +60,9 @@ class StagingSpec:
     rules: tuple[Rule, ...]
     typed: dict[str, str]  # staged column -> SQL, evaluated only for passing rows
     payload: tuple[str, ...]  # the typed columns the hashdiff covers
-    # Values computed once for each passing row before it is typed (name -> SQL), which the
-    # hash keys read as ``landed.<name>``.
-    references: dict[str, str] = field(default_factory=dict)
+    # Values computed once for each passing row before it is typed, step by step (each step
+    # name -> SQL, reading the steps before it), which the hash keys read as ``landed.<name>``.
+    derived: tuple[dict[str, str], ...] = ()
 
 
 def clean(column: str) -> str:
@@ -118,8 +118,6 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
         "transaction_ts", specs["transactions"].formats.get("transaction_ts", "iso"), "timestamp"
     )
     customer_text = ("first_name", "last_name", "email", "phone", "city", "state", "country")
-    customer_known = _known("landed.customer_hash", "customer_hk", "customer_id", "customers")
-    product_known = _known("landed.product_hash", "product_hk", "product_id", "products")
     return {
         "customers": StagingSpec(
             source="customers",
@@ -152,19 +150,29 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             key_column="transaction_id",
             hash_keys={
                 "order_hk": "raw_vault.hash_key(landed.transaction_id)",
-                "customer_hk": f"case when {customer_known} then landed.customer_hash"
+                "customer_hk": "case when landed.customer_known then landed.customer_hash"
                 f" else '{GHOST_KEY}' end",
-                "product_hk": f"case when {product_known} then landed.product_hash"
+                "product_hk": "case when landed.product_known then landed.product_hash"
                 f" else '{GHOST_KEY}' end",
-                "customer_order_hk": f"raw_vault.hash_key(case when {customer_known}"
+                "customer_order_hk": "raw_vault.hash_key(case when landed.customer_known"
                 " then landed.customer_id else '-1' end, landed.transaction_id)",
                 "order_product_hk": "raw_vault.hash_key(landed.transaction_id,"
-                f" case when {product_known} then landed.product_id else '-1' end)",
+                " case when landed.product_known then landed.product_id else '-1' end)",
             },
-            references={
-                "customer_hash": "raw_vault.hash_key(landed.customer_id)",
-                "product_hash": "raw_vault.hash_key(landed.product_id)",
-            },
+            derived=(
+                {
+                    "customer_hash": "raw_vault.hash_key(landed.customer_id)",
+                    "product_hash": "raw_vault.hash_key(landed.product_id)",
+                },
+                {
+                    "customer_known": _known(
+                        "landed.customer_hash", "customer_hk", "customer_id", "customers"
+                    ),
+                    "product_known": _known(
+                        "landed.product_hash", "product_hk", "product_id", "products"
+                    ),
+                },
+            ),
             rules=(
                 _number_rule(
                     {
@@ -252,7 +260,17 @@ def staging_statement(spec: StagingSpec) -> str:
     hashdiff = "md5(concat_ws('||', {}))::uuid".format(
         ", ".join(f"coalesce({_as_text(column)}, '^^')" for column in spec.payload)
     )
-    references = "".join(f", {sql} as {name}" for name, sql in spec.references.items())
+    derived = "".join(
+        f"""
+        derived_{number} as (
+            select landed.*, {", ".join(f"{sql} as {name}" for name, sql in step.items())}
+            from {"winners" if number == 1 else f"derived_{number - 1}"} as landed
+            offset 0  -- computed once per row
+        ),
+"""
+        for number, step in enumerate(spec.derived, start=1)
+    )
+    passing = f"derived_{len(spec.derived)}" if spec.derived else "winners"
     key = spec.key_column
     return f"""
         with keyed as (
@@ -313,18 +331,17 @@ def staging_statement(spec: StagingSpec) -> str:
         ),
 
         winners as (
-            select landed.*{references}
+            select landed.*
             from judged as landed
             where reason is null and line_number = winning_line
-            offset 0  -- keeps each reference computed once per row
         ),
-
+{derived}
         typed as (
             select landed.line_number,
                    landed.business_key,
                    {", ".join(f"{sql} as {column}" for column, sql in spec.hash_keys.items())},
                    {", ".join(f"{sql} as {column}" for column, sql in spec.typed.items())}
-            from winners as landed
+            from {passing} as landed
             offset 0  -- the hashdiff reads the typed columns again
         )
 
