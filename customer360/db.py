@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import psycopg2
 import psycopg2.extensions
@@ -28,10 +30,60 @@ def connect(settings: Settings | None = None, **kwargs) -> psycopg2.extensions.c
         ) from exc
 
 
+class _ConnectionReuse:
+    """Connections that finished transactions hand back, lent to the next ones: a load runs
+    some thirty short transactions, and a new connection costs a server process and its
+    catalog caches each time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.dsn = settings.dsn
+        self._settings = settings
+        self._idle: list[psycopg2.extensions.connection] = []
+        self._lock = threading.Lock()
+
+    def borrow(self) -> psycopg2.extensions.connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return connect(self._settings)
+
+    def give_back(self, conn: psycopg2.extensions.connection) -> None:
+        if conn.closed:
+            return
+        with self._lock:
+            self._idle.append(conn)
+
+    def close_all(self) -> None:
+        with self._lock:
+            for conn in self._idle:
+                conn.close()
+            self._idle.clear()
+
+
+_reuse: ContextVar[_ConnectionReuse | None] = ContextVar("connection_reuse", default=None)
+
+
+@contextmanager
+def reused_connections(settings: Settings | None = None) -> Iterator[None]:
+    """Within this block (and the threads started with its context), ``transaction`` reuses
+    the connections of finished transactions; they are closed at the end."""
+    reuse = _ConnectionReuse(settings or get_settings())
+    token = _reuse.set(reuse)
+    try:
+        yield
+    finally:
+        _reuse.reset(token)
+        reuse.close_all()
+
+
 @contextmanager
 def transaction(settings: Settings | None = None) -> Iterator[psycopg2.extensions.cursor]:
     """A cursor in one transaction: committed on success, rolled back on any error."""
-    conn = connect(settings)
+    settings = settings or get_settings()
+    reuse = _reuse.get()
+    if reuse is not None and reuse.dsn != settings.dsn:
+        reuse = None
+    conn = reuse.borrow() if reuse else connect(settings)
     try:
         with conn.cursor() as cur:
             # Set-based loads sort and hash large sets: give them room in memory.
@@ -46,10 +98,14 @@ def transaction(settings: Settings | None = None) -> Iterator[psycopg2.extension
             yield cur
         conn.commit()
     except BaseException:
-        conn.rollback()
+        if not conn.closed:
+            conn.rollback()
         raise
     finally:
-        conn.close()
+        if reuse:
+            reuse.give_back(conn)
+        else:
+            conn.close()
 
 
 def _redacted(dsn: str) -> str:

@@ -7,6 +7,7 @@ separate (retryable) tasks; ``run_batch`` runs them in order for the CLI.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from psycopg2.extras import Json
 
-from customer360.db import connect, transaction
+from customer360.db import connect, reused_connections, transaction
 from customer360.errors import UserFacingError
 from customer360.landing import check_header, land_file
 from customer360.quality import (
@@ -364,54 +365,61 @@ def run_batch(
             cur.execute("select pg_try_advisory_lock(%s)", (BATCH_LOCK_ID,))
             if not cur.fetchone()[0]:
                 raise UserFacingError("another batch is loading right now; try again when it ends")
-        batch_id = start_batch(Path(data_dir), settings)
-        notify("start", {"batch_id": batch_id})
-        try:
-            # Customers and products are checked while transactions, which refer to them
-            # and are by far the largest file, are still landing.
-            checks_started: list[float] = []
-
-            def land_and_check(source: str) -> dict:
-                counts = load_staging(batch_id, source, settings)
-                checks_started.append(time.perf_counter())
-                check_sources(batch_id, (source,), settings)
-                return counts
-
-            landed = run_side_by_side(
-                [
-                    partial(land_and_check, "customers"),
-                    partial(land_and_check, "products"),
-                    partial(load_staging, batch_id, "transactions", settings),
-                ]
-            )
-            for source, counts in zip(SOURCE_NAMES, landed, strict=True):
-                notify(f"land_{source}", counts)
-            check_sources(batch_id, ("transactions",), settings)
-            notify("quality_checks", close_checks(batch_id, min(checks_started), settings))
-            # Hash keys are computed in staging and the vault has no foreign keys, so hubs,
-            # links and satellites load side by side; reconciliation then checks them together.
-            loads = (("hubs", load_hubs), ("links", load_links), ("satellites", load_satellites))
-            inserted = run_side_by_side([partial(load, batch_id, settings) for _, load in loads])
-            for (stage, _), counts in zip(loads, inserted, strict=True):
-                notify(stage, counts)
-            # The views read only the vault, so they are rebuilt while it is reconciled; a
-            # failed reconciliation still fails the batch.
-            checks, _ = run_side_by_side(
-                [
-                    partial(reconcile, batch_id, settings),
-                    partial(refresh_business_views, batch_id, settings),
-                ]
-            )
-            notify("reconciliation", {"checks": len(checks)})
-            notify("refresh_views", {})
-        except (ThresholdBreachedError, ReconciliationError):
-            raise
-        except Exception as exc:
-            fail_batch(batch_id, f"{type(exc).__name__}: {exc}", settings)
-            raise
-        return finish_batch(batch_id, settings)
+        # The steps' many short transactions reuse connections rather than open new ones.
+        with reused_connections(settings):
+            batch_id = start_batch(Path(data_dir), settings)
+            notify("start", {"batch_id": batch_id})
+            try:
+                _run_steps(batch_id, settings, notify)
+            except (ThresholdBreachedError, ReconciliationError):
+                raise
+            except Exception as exc:
+                fail_batch(batch_id, f"{type(exc).__name__}: {exc}", settings)
+                raise
+            return finish_batch(batch_id, settings)
     finally:
         lock.close()
+
+
+def _run_steps(batch_id: int, settings: Settings, notify: ProgressCallback) -> None:
+    """The steps of a batch after its start, each step's independent parts side by side."""
+    # Customers and products are checked while transactions, which refer to them and are by
+    # far the largest file, are still landing.
+    checks_started: list[float] = []
+
+    def land_and_check(source: str) -> dict:
+        counts = load_staging(batch_id, source, settings)
+        checks_started.append(time.perf_counter())
+        check_sources(batch_id, (source,), settings)
+        return counts
+
+    landed = run_side_by_side(
+        [
+            partial(land_and_check, "customers"),
+            partial(land_and_check, "products"),
+            partial(load_staging, batch_id, "transactions", settings),
+        ]
+    )
+    for source, counts in zip(SOURCE_NAMES, landed, strict=True):
+        notify(f"land_{source}", counts)
+    check_sources(batch_id, ("transactions",), settings)
+    notify("quality_checks", close_checks(batch_id, min(checks_started), settings))
+    # Hash keys are computed in staging and the vault has no foreign keys, so hubs, links and
+    # satellites load side by side; reconciliation then checks them together.
+    loads = (("hubs", load_hubs), ("links", load_links), ("satellites", load_satellites))
+    inserted = run_side_by_side([partial(load, batch_id, settings) for _, load in loads])
+    for (stage, _), counts in zip(loads, inserted, strict=True):
+        notify(stage, counts)
+    # The views read only the vault, so they are rebuilt while it is reconciled; a failed
+    # reconciliation still fails the batch.
+    checks, _ = run_side_by_side(
+        [
+            partial(reconcile, batch_id, settings),
+            partial(refresh_business_views, batch_id, settings),
+        ]
+    )
+    notify("reconciliation", {"checks": len(checks)})
+    notify("refresh_views", {})
 
 
 def batch_report(batch_id: int | None = None, settings: Settings | None = None) -> dict:
@@ -438,7 +446,8 @@ def run_side_by_side(calls: list[Callable[[], object]], workers: int | None = No
     if len(calls) == 1:
         return [calls[0]()]
     with ThreadPoolExecutor(max_workers=workers or len(calls)) as pool:
-        futures = [pool.submit(call) for call in calls]
+        # Each step sees the caller's context (its reused connections, see db.py).
+        futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
     return [future.result() for future in futures]
 
 
