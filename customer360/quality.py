@@ -304,7 +304,6 @@ def staging_statement(spec: StagingSpec) -> str:
         ),
 
         -- Several valid rows for one key: the last line wins, earlier ones are superseded.
-        -- (The rows arrive sorted by key from the numbering above: no second sort.)
         judged as materialized (
             select classified.*,
                    max(line_number) filter (where reason is null)
