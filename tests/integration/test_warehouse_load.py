@@ -340,9 +340,9 @@ def vault_index_oids(settings) -> dict[str, set[int]]:
 
 def test_a_batch_larger_than_the_vault_loads_in_bulk_onto_its_history(make_database, small_data):
     """The day-1 files loaded on top of the next-day delivery, which holds every customer and
-    product but only some orders: the order tables take the bulk path, with rows and history
-    already there, and the vault ends as after the two loads in the usual order, with the
-    day-1 values current."""
+    product but only some orders: the order tables take the bulk path (their indexes are
+    rebuilt), with rows and history already there, and the vault ends as after the two loads
+    in the usual order, with the day-1 values current."""
     thresholds = {"min_customers": 100, "min_products": 10, "min_transactions": 100}
     usual, reversed_order = (make_database().model_copy(update=thresholds) for _ in range(2))
     base, next_day = small_data
@@ -354,11 +354,13 @@ def test_a_batch_larger_than_the_vault_loads_in_bulk_onto_its_history(make_datab
     run_batch(base, reversed_order)
 
     indexes_after = vault_index_oids(reversed_order)
-    order_tables = ("hub_order", "link_customer_order", "link_order_product", "sat_order_details")
-    for table, before in indexes_before.items():
-        after = indexes_after[table]
-        assert len(after) == len(before), table
-        assert (not after & before) if table in order_tables else (after == before), table
+    assert {table: len(oids) for table, oids in indexes_after.items()} == {
+        table: len(oids) for table, oids in indexes_before.items()
+    }
+    # (Whether the customer and product tables, about as large as their batch, are loaded in
+    # bulk depends on row estimates that autovacuum may refresh meanwhile: not asserted.)
+    for table in ("hub_order", "link_customer_order", "link_order_product", "sat_order_details"):
+        assert not indexes_after[table] & indexes_before[table], table
     assert vault_counts(reversed_order) == vault_counts(usual)
     assert_business_views_match(
         reversed_order, expected_after_next_day(expected_warehouse(next_day), base)
