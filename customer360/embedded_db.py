@@ -84,9 +84,16 @@ class EmbeddedServer:
         self._ensure_database()
 
     def stop(self) -> None:
-        """Stop the server if it runs (fast shutdown: open sessions are disconnected)."""
-        if (self.pgdata / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.pgdata), "-w", "-m", "fast", "stop", check=False)
+        """Stop the server if it runs (fast shutdown: open sessions are disconnected; an
+        immediate one if that did not end it)."""
+        if not (self.pgdata / "postmaster.pid").exists():
+            return
+        for mode in ("fast", "immediate"):
+            stopped = self._run(
+                "pg_ctl", "-D", str(self.pgdata), "-w", "-m", mode, "stop", check=False
+            )
+            if stopped.returncode == 0 or not self.is_running():
+                return
 
     def is_running(self) -> bool:
         if not (self.pgdata / "postmaster.pid").exists():

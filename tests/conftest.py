@@ -3,10 +3,13 @@ it for tests that change the vault, and the demo data set generated and loaded o
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
+import signal
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import psycopg2
@@ -59,8 +62,23 @@ def embedded_server(c360_settings: Settings) -> Iterator[EmbeddedServer]:
         database=c360_settings.embedded_pg_database,
     )
     server.start()
-    yield server
-    server.stop()
+    postmaster = int((server.pgdata / "postmaster.pid").read_text().split()[0])
+
+    def stop() -> None:
+        server.stop()
+        # Should the data directory have gone meanwhile, pg_ctl cannot find the server: end
+        # the postmaster by its process id (fast shutdown), if that is still our postgres.
+        cmdline = Path(f"/proc/{postmaster}/cmdline")
+        with suppress(OSError):
+            if str(server.pgdata).encode() in cmdline.read_bytes():
+                os.kill(postmaster, signal.SIGINT)
+
+    # Stopped at the end of the session, and at the latest when this process exits.
+    atexit.register(stop)
+    try:
+        yield server
+    finally:
+        stop()
 
 
 @pytest.fixture(scope="session")
