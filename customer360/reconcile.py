@@ -111,7 +111,7 @@ def reconcile_batch(cursor, batch_id: int, data_rows: dict[str, int]) -> list[di
         results.append(_result(f"{source}_rows_accounted_for", expected, cursor.fetchone()[0]))
     for checks in SOURCES.values():
         # A large batch (a first load) finds the latest satellite rows in one pass.
-        set_wise = batch_outnumbers(cursor, checks.staging, checks.satellite, share=0.25)
+        set_wise = batch_outnumbers(cursor, checks.staging, checks.satellite, factor=0.25)
         cursor.execute(_one_pass(checks, set_wise), params)
         names = [column.name for column in cursor.description]
         counts = dict(zip(names, cursor.fetchone(), strict=True))

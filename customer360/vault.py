@@ -136,7 +136,7 @@ def insert_new_rows(
     inserted: dict[str, int] = {}
     for table, insert in inserts.items():
         # A batch twice the table's size: a first load, not a full snapshot restated.
-        if batch_outnumbers(cursor, insert.staging, table, share=2.0):
+        if batch_outnumbers(cursor, insert.staging, table, factor=2.0):
             cursor.execute("call raw_vault.drop_indexes(%s)", (f"raw_vault.{table}",))
             # An empty table truncated in the loading transaction is filled without writing
             # its rows to the WAL (wal_level = minimal: it is synced to disk at commit).
@@ -152,8 +152,8 @@ def insert_new_rows(
     return inserted
 
 
-def batch_outnumbers(cursor, staging: str, table: str, share: float = 1.0) -> bool:
-    """Whether the rows staged in ``staging`` outnumber ``share`` of the rows of the vault
+def batch_outnumbers(cursor, staging: str, table: str, factor: float = 1.0) -> bool:
+    """Whether the rows staged in ``staging`` outnumber ``factor`` times the rows of the vault
     ``table``. Both come from the estimates of the last ANALYZE (staging is analysed after
     the quality checks, the vault after every load); a never-analysed table counts as
     empty."""
@@ -163,6 +163,6 @@ def batch_outnumbers(cursor, staging: str, table: str, share: float = 1.0) -> bo
         from pg_class as staged, pg_class as target
         where staged.oid = %s::regclass and target.oid = %s::regclass
         """,
-        (share, f"staging.{staging}", f"raw_vault.{table}"),
+        (factor, f"staging.{staging}", f"raw_vault.{table}"),
     )
     return cursor.fetchone()[0]
