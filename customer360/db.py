@@ -36,8 +36,7 @@ class _ConnectionReuse:
     catalog caches each time."""
 
     def __init__(self, settings: Settings) -> None:
-        self.dsn = settings.dsn
-        self._settings = settings
+        self.settings = settings
         self._idle: list[psycopg2.extensions.connection] = []
         self._lock = threading.Lock()
 
@@ -45,7 +44,7 @@ class _ConnectionReuse:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return connect(self._settings)
+        return connect(self.settings)
 
     def give_back(self, conn: psycopg2.extensions.connection) -> None:
         if conn.closed:
@@ -81,7 +80,7 @@ def transaction(settings: Settings | None = None) -> Iterator[psycopg2.extension
     """A cursor in one transaction: committed on success, rolled back on any error."""
     settings = settings or get_settings()
     reuse = _reuse.get()
-    if reuse is not None and reuse.dsn != settings.dsn:
+    if reuse is not None and reuse.settings.dsn != settings.dsn:
         reuse = None
     conn = reuse.borrow() if reuse else connect(settings)
     try:

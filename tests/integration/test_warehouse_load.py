@@ -72,6 +72,18 @@ def query(settings, sql: str, params=None) -> list[tuple]:
     return rows
 
 
+def load_up_to_the_vault(data_dir: Path, settings) -> int:
+    """Start a batch and run it through staging, checks and the vault, stopping before
+    reconciliation and the refresh; returns its id."""
+    batch_id = start_batch(data_dir, settings)
+    for source in SOURCE_NAMES:
+        load_staging(batch_id, source, settings)
+    check_staging(batch_id, settings)
+    for load in (load_hubs, load_links, load_satellites):
+        load(batch_id, settings)
+    return batch_id
+
+
 @pytest.fixture
 def small_database(make_database):
     """A fresh database whose thresholds suit the small data set's next-day delta."""
@@ -310,12 +322,7 @@ def test_a_load_catches_up_the_views_of_a_batch_that_failed_before_its_refresh(
     base, next_day = small_data
     run_batch(base, settings)
     # The next day reaches the vault, then its batch fails before the views are refreshed.
-    batch_id = start_batch(next_day, settings)
-    for source in SOURCE_NAMES:
-        load_staging(batch_id, source, settings)
-    check_staging(batch_id, settings)
-    for load in (load_hubs, load_links, load_satellites):
-        load(batch_id, settings)
+    batch_id = load_up_to_the_vault(next_day, settings)
     fail_batch(batch_id, "stopped before the views were refreshed", settings)
 
     report = run_batch(next_day, settings)
@@ -380,12 +387,7 @@ def test_reconciliation_catches_what_did_not_reach_the_vault(
         run_batch(base, settings)
     data_dir = base if first_load else next_day
     orders = expected_warehouse(data_dir).orders
-    batch_id = start_batch(data_dir, settings)
-    for source in SOURCE_NAMES:
-        load_staging(batch_id, source, settings)
-    check_staging(batch_id, settings)
-    for load in (load_hubs, load_links, load_satellites):
-        load(batch_id, settings)
+    batch_id = load_up_to_the_vault(data_dir, settings)
     order_ids = sorted(orders)
     lost, overwritten = order_ids[:3], order_ids[3:5]
     conn = psycopg2.connect(settings.dsn)
