@@ -52,7 +52,7 @@ end;
 $$;
 
 -- And, side by side with that, bring the order facts up to date.
-drop procedure if exists business_vault.refresh_order_views(timestamptz);
+drop routine if exists business_vault.refresh_order_views(timestamptz);
 create or replace procedure business_vault.refresh_order_facts(snapshot timestamptz)
 language plpgsql
 as $$
@@ -99,8 +99,8 @@ $$;
 -- building them once the rows are in. drop_indexes drops a table's indexes (with the
 -- constraints they back) and records in audit.dropped_indexes the statement that builds
 -- each again; build_index runs one of them. Both take part in the caller's transaction.
-drop function if exists raw_vault.drop_indexes(regclass);
-drop procedure if exists raw_vault.build_indexes(text[]);
+drop routine if exists raw_vault.drop_indexes(regclass);
+drop routine if exists raw_vault.build_indexes(text[]);
 
 create or replace procedure raw_vault.drop_indexes(target regclass)
 language plpgsql
