@@ -51,7 +51,7 @@ STALE_BATCH_AFTER = timedelta(hours=2)
 ProgressCallback = Callable[[str, dict], None]
 
 # Materialized views rebuilt from the order facts after each load.
-DERIVED_VIEWS = ("mv_customer_360", "mv_customer_favourite_category", "mv_product_analytics")
+DERIVED_VIEWS = ("mv_customer_360", "mv_product_analytics")
 
 
 class ReconciliationError(UserFacingError):

@@ -6,8 +6,9 @@
 
 drop materialized view if exists business_vault.mv_product_analytics cascade;
 drop materialized view if exists business_vault.mv_customer_360 cascade;
-drop materialized view if exists business_vault.mv_customer_favourite_category cascade;
 drop materialized view if exists business_vault.mv_order_analytics cascade;
+-- Kept only by databases built from an earlier version of this file.
+drop materialized view if exists business_vault.mv_customer_favourite_category cascade;
 drop table if exists business_vault.order_facts cascade;
 delete from audit.dropped_indexes where table_name = 'business_vault.order_facts';
 drop table if exists business_vault.order_facts_state;
@@ -223,23 +224,6 @@ create index order_facts_ts_idx
 create index order_facts_status_idx
     on business_vault.order_facts (order_status, transaction_ts desc);
 
--- The category each customer bought most units of (in revenue orders); ties go to the first
--- name alphabetically. Its own materialized view, rebuilt beside the customer 360 profile
--- rather than inside it: the two take about as long.
-create materialized view business_vault.mv_customer_favourite_category as
-select distinct on (customer_hk) customer_hk, category
-from (
-    select facts.customer_hk, product.category, sum(facts.quantity) as units
-    from business_vault.order_facts as facts
-    join business_vault.vw_current_product as product using (product_hk)
-    where facts.is_revenue and facts.customer_id is not null and product.category is not null
-    group by facts.customer_hk, product.category
-) as units_per_category
-order by customer_hk, units desc, category;
-
-create unique index mv_customer_favourite_category_idx
-    on business_vault.mv_customer_favourite_category (customer_hk);
-
 -- The customer 360 profile: current attributes plus order metrics and an RFM segment.
 create materialized view business_vault.mv_customer_360 as
 with current_customer as (
@@ -260,6 +244,19 @@ order_metrics as (
     from business_vault.order_facts
     where customer_id is not null
     group by customer_hk
+),
+
+-- The category the customer bought most units of; ties go to the first name alphabetically.
+favourite_category as (
+    select distinct on (customer_hk) customer_hk, category
+    from (
+        select facts.customer_hk, product.category, sum(facts.quantity) as units
+        from business_vault.order_facts as facts
+        join business_vault.vw_current_product as product using (product_hk)
+        where facts.is_revenue and facts.customer_id is not null and product.category is not null
+        group by facts.customer_hk, product.category
+    ) as units_per_category
+    order by customer_hk, units desc, category
 ),
 
 -- Quintile scores among customers with revenue; 5 is best. Ties break on customer_id so
@@ -295,6 +292,7 @@ select
                                                                      as avg_order_value,
     metrics.first_order_date,
     metrics.last_order_date,
+    favourite.category                                               as favourite_category,
     rfm.recency_score::integer                                       as rfm_recency_score,
     rfm.frequency_score::integer                                     as rfm_frequency_score,
     rfm.monetary_score::integer                                      as rfm_monetary_score,
@@ -310,6 +308,7 @@ select
     customer.customer_hk
 from current_customer as customer
 left join order_metrics as metrics using (customer_hk)
+left join favourite_category as favourite using (customer_hk)
 left join rfm_scores as rfm using (customer_hk);
 
 create unique index mv_customer_360_customer_idx
@@ -380,15 +379,11 @@ create index mv_product_analytics_units_idx
 -- The business views: stable names for psql, BI tools and the API.
 create view business_vault.vw_customer_360 as
 select
-    profile.customer_id, profile.first_name, profile.last_name, profile.full_name,
-    profile.email, profile.phone, profile.city, profile.state, profile.country,
-    profile.signup_date, profile.customer_segment, profile.record_source,
-    profile.profile_updated_at, profile.order_count, profile.lifetime_value,
-    profile.avg_order_value, profile.first_order_date, profile.last_order_date,
-    favourite.category as favourite_category, profile.rfm_recency_score,
-    profile.rfm_frequency_score, profile.rfm_monetary_score, profile.rfm_segment
-from business_vault.mv_customer_360 as profile
-left join business_vault.mv_customer_favourite_category as favourite using (customer_hk);
+    customer_id, first_name, last_name, full_name, email, phone, city, state, country,
+    signup_date, customer_segment, record_source, profile_updated_at, order_count,
+    lifetime_value, avg_order_value, first_order_date, last_order_date, favourite_category,
+    rfm_recency_score, rfm_frequency_score, rfm_monetary_score, rfm_segment
+from business_vault.mv_customer_360;
 
 create view business_vault.vw_product_analytics as
 select
