@@ -2,7 +2,9 @@
 
 The file is read once, as a stream: its checksum is computed on the way, each record is
 mapped onto the canonical columns, and records that cannot be staged at all (a wrong number
-of fields, bytes that are not UTF-8) go to the quarantine with their line number instead.
+of fields, bytes that are not UTF-8) go to the quarantine with their line number instead. A
+quote left open does not take the lines after it along: the line that opened it is refused,
+and the following lines are read again as records of their own.
 
 Most lines hold no quote character; in a file laid out like the contract such a line is
 passed to COPY as it is, behind its batch id, file name and line number, which costs a small
@@ -35,6 +37,10 @@ READ_CHARS = 1024 * 1024
 
 # Records with fields bigger than this are refused by the csv module; far above any real field.
 csv.field_size_limit(16 * 1024 * 1024)
+
+# A quoted field may hold line breaks; one still open after this many lines is taken for a
+# quote left open by mistake (reading on would swallow the rest of the file).
+MAX_RECORD_LINES = 100
 
 
 @dataclass
@@ -79,8 +85,12 @@ class _ChunkStream(io.TextIOBase):
         return True
 
     def read(self, size: int = -1) -> str:
-        # COPY sends whatever it is given: a whole chunk at a time spares copying it.
-        return next(self._chunks, "")
+        # COPY sends whatever it is given: a whole chunk at a time spares copying it. An empty
+        # read ends the COPY, so a chunk whose every record was quarantined is skipped.
+        for chunk in self._chunks:
+            if chunk:
+                return chunk
+        return ""
 
     readline = read
 
@@ -89,7 +99,7 @@ def check_header(spec: SourceSpec, path: Path) -> None:
     """Refuse a missing file, or one whose header lacks a required column, before loading."""
     if not path.exists():
         raise UserFacingError(f"source file {path} does not exist")
-    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
         header = next(csv.reader(handle), None)
     if header is None:
         raise UserFacingError(f"{path.name} is empty: expected a header row")
@@ -104,8 +114,9 @@ def land_file(cursor, spec: SourceSpec, path: Path, batch_id: int) -> LandingRes
     columns = ", ".join(("batch_id", "source_file", "line_number", *CANONICAL_ORDER[spec.name]))
     with path.open("rb") as binary:
         hashing = _HashingReader(binary)
+        # utf-8-sig: a byte order mark (spreadsheets write one) is not part of the header.
         text = io.TextIOWrapper(
-            io.BufferedReader(hashing), encoding="utf-8", errors="surrogateescape", newline=""
+            io.BufferedReader(hashing), encoding="utf-8-sig", errors="surrogateescape", newline=""
         )
         header_reader = csv.reader(text)
         header = next(header_reader, None)
@@ -150,25 +161,40 @@ def land_file(cursor, spec: SourceSpec, path: Path, batch_id: int) -> LandingRes
 
 
 class _UnparseableError(Exception):
-    """The csv module gave up on a record; nothing after it can be read reliably."""
+    """The csv module could not read a record starting at ``line`` from ``lines``."""
 
-    def __init__(self, line: int, message: str) -> None:
+    def __init__(self, line: int, message: str, lines: list[str]) -> None:
         super().__init__(message)
         self.line = line
+        self.lines = lines
 
 
-def _record(line: str, more: Iterator[str], line_number: int) -> tuple[int, str | list[str]]:
-    """The record starting with ``line`` (line number ``line_number``) and the number of its
-    last line: a line without quotes as its text (a blank line as ""), any other record as
-    the csv module parses it (a quoted field may hold line breaks: it then reads on)."""
+def _record(
+    line: str, more: Iterator[str], line_number: int
+) -> tuple[int, str | list[str], list[str]]:
+    """The record starting with ``line`` (line number ``line_number``), the number of its
+    last line and the lines it was read from: a line without quotes as its text (a blank line
+    as ""), any other record as the csv module parses it (a quoted field may hold line
+    breaks: it then reads on, for at most ``MAX_RECORD_LINES`` lines)."""
     if '"' not in line:
-        return line_number, line.rstrip("\r\n")
-    reader = csv.reader(itertools.chain([line], more))
+        return line_number, line.rstrip("\r\n"), [line]
+    read = [line]
+
+    def following() -> Iterator[str]:
+        for extra in more:
+            read.append(extra)
+            if len(read) > MAX_RECORD_LINES:
+                raise _UnparseableError(
+                    line_number, f"a quoted field still open after {MAX_RECORD_LINES} lines", read
+                )
+            yield extra
+
+    reader = csv.reader(itertools.chain([line], following()))
     try:
         record = next(reader)
     except csv.Error as exc:
-        raise _UnparseableError(line_number + reader.line_num - 1, str(exc)) from exc
-    return line_number + reader.line_num - 1, record
+        raise _UnparseableError(line_number, str(exc), read) from exc
+    return line_number + len(read) - 1, record, read
 
 
 def _staged_chunks(
@@ -187,11 +213,12 @@ def _staged_chunks(
     # Files laid out like the contract (the usual case) need no reordering, row by row.
     in_canonical_order = positions == list(range(width))
     commas = width - 1
-    lines = iter(lines)
+    source = iter(lines)
     buffer, writer, pending = _fresh_buffer()
     rows = 0
-    try:
-        for line in lines:
+    while source is not None:
+        reading, source = source, None
+        for line in reading:
             line_number += 1
             # The usual line, passed through: plain fields in the contract's order, a Unix
             # line end.
@@ -206,24 +233,47 @@ def _staged_chunks(
                 pending.append((line_number, line))
                 rows += 1
             else:
-                line_number, record = _record(line, lines, line_number)
+                first_line = line_number
+                try:
+                    line_number, record, read = _record(line, reading, line_number)
+                    fields = record.split(",") if isinstance(record, str) else record
+                    problem = ""
+                    if len(fields) != width:
+                        problem = f"{len(fields)} fields, the header has {width}"
+                except _UnparseableError as exc:
+                    record, read, problem = None, exc.lines, str(exc)
                 if record == "":
                     continue  # a blank line is not a record
                 rows += 1
-                if isinstance(record, str) and in_canonical_order and record.count(",") == commas:
+                if problem and len(read) > 1:
+                    # Most likely a quote left open: refuse the line that opened it, and read
+                    # the lines after it again as records of their own.
+                    result.rejected.append(
+                        _rejection(
+                            first_line,
+                            "malformed_row",
+                            f"{problem} (lines {first_line}-{first_line + len(read) - 1}):"
+                            " a quote left open? The lines after this one are read again as"
+                            " records of their own",
+                            line.rstrip("\r\n").split(","),
+                        )
+                    )
+                    line_number = first_line
+                    source = itertools.chain(read[1:], reading)
+                    break
+                if problem:
+                    result.rejected.append(
+                        _rejection(
+                            line_number,
+                            "malformed_row",
+                            problem,
+                            fields if record is not None else line.rstrip("\r\n").split(","),
+                        )
+                    )
+                    continue
+                if isinstance(record, str) and in_canonical_order:
                     buffer.write(f"{prefix_text},{line_number},{record}\n")
                 else:
-                    fields = record.split(",") if isinstance(record, str) else record
-                    if len(fields) != width:
-                        result.rejected.append(
-                            _rejection(
-                                line_number,
-                                "malformed_row",
-                                f"{len(fields)} fields, the header has {width}",
-                                fields,
-                            )
-                        )
-                        continue
                     writer.writerow(
                         (
                             *prefix,
@@ -235,10 +285,6 @@ def _staged_chunks(
             if len(pending) >= COPY_CHUNK_RECORDS:
                 yield _checked_chunk(buffer, pending, prefix, positions, result)
                 buffer, writer, pending = _fresh_buffer()
-    except _UnparseableError as exc:
-        # The rest of the file cannot be parsed reliably: keep the reason and stop.
-        rows += 1
-        result.rejected.append(_rejection(exc.line, "malformed_row", str(exc), []))
     result.data_rows = rows
     if pending:
         yield _checked_chunk(buffer, pending, prefix, positions, result)

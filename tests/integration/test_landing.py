@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from customer360.landing import land_file
+from customer360.landing import check_header, land_file
 from customer360.settings import Settings
 from customer360.sources import load_source_specs
 
@@ -119,3 +119,95 @@ def test_a_file_in_another_column_order_lands_in_the_canonical_columns(
         (3, "P2", "Comma, here", "2.00", "1.00"),
     ]
     assert [(r["line"], r["reason"]) for r in result.rejected] == [(4, "malformed_row")]
+
+
+def _landed_and_quarantined(cursor, batch_id: int) -> tuple[list, list]:
+    cursor.execute(
+        "select line_number, product_id from staging.raw_products"
+        " where batch_id = %s order by line_number",
+        (batch_id,),
+    )
+    landed = cursor.fetchall()
+    cursor.execute(
+        "select line_number, reason, raw_row from audit.quarantine"
+        " where batch_id = %s order by line_number",
+        (batch_id,),
+    )
+    return landed, cursor.fetchall()
+
+
+def test_a_quote_left_open_costs_only_its_own_line(cursor, database, tmp_path):
+    path = tmp_path / "products.csv"
+    path.write_bytes(
+        HEADER
+        + b"P1,Plain,Tools,Acme,1.00,0.50\r\n"  # line 2
+        + b'P2,"Left open,Tools,Acme,2.00,1.00\r\n'  # line 3: the quote is never closed...
+        + b"P3,Plain,Tools,Acme,3.00,1.50\r\n"  # line 4
+        + b'P4,"Quoted, properly",Tools,Acme,4.00,2.00\r\n'  # line 5: ...until this line
+        + b"P5,Plain,Tools,Acme,5.00,2.50\r\n"  # line 6
+    )
+    batch_id = _batch_id(cursor)
+
+    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+
+    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
+    assert landed == [(2, "P1"), (4, "P3"), (5, "P4"), (6, "P5")]
+    assert [(line, reason) for line, reason, _ in quarantined] == [(3, "malformed_row")]
+    assert quarantined[0][2] == {"fields": ["P2", '"Left open', "Tools", "Acme", "2.00", "1.00"]}
+    assert (result.data_rows, result.landed) == (5, 4)
+
+
+def test_a_quote_left_open_before_many_lines_does_not_swallow_them(cursor, database, tmp_path):
+    # No quote follows the open one: the csv module alone would read to the end of the file.
+    plain = [f"P{n},Plain,Tools,Acme,{n}.00,1.00\n".encode() for n in range(3, 253)]
+    path = tmp_path / "products.csv"
+    path.write_bytes(HEADER + b'P2,"Left open,Tools,Acme,2.00,1.00\n' + b"".join(plain))
+    batch_id = _batch_id(cursor)
+
+    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+
+    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
+    assert landed == [(n, f"P{n}") for n in range(3, 253)]
+    assert [(line, reason) for line, reason, _ in quarantined] == [(2, "malformed_row")]
+    assert (result.data_rows, result.landed) == (251, 250)
+
+
+def test_a_chunk_of_only_quarantined_records_does_not_end_the_copy(
+    cursor, database, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("customer360.landing.COPY_CHUNK_RECORDS", 2)
+    path = tmp_path / "products.csv"
+    path.write_bytes(
+        HEADER
+        + b"P1,Caf\xe9,Tools,Acme,1.00,0.50\r\n"  # lines 2-3: Latin-1, a whole chunk
+        + b"P2,Cr\xe8me,Tools,Acme,2.00,1.00\r\n"
+        + b"P3,Plain,Tools,Acme,3.00,1.50\r\n"  # lines 4-6: valid
+        + b"P4,Plain,Tools,Acme,4.00,2.00\r\n"
+        + b"P5,Plain,Tools,Acme,5.00,2.50\r\n"
+    )
+    batch_id = _batch_id(cursor)
+
+    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+
+    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
+    assert landed == [(4, "P3"), (5, "P4"), (6, "P5")]
+    assert [(line, reason) for line, reason, _ in quarantined] == [
+        (2, "invalid_encoding"),
+        (3, "invalid_encoding"),
+    ]
+    assert (result.data_rows, result.landed) == (5, 3)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(cursor, database, tmp_path):
+    content = b"\xef\xbb\xbf" + HEADER + b"P1,Plain,Tools,Acme,1.00,0.50\r\n"
+    path = tmp_path / "products.csv"
+    path.write_bytes(content)
+    spec = load_source_specs(database)["products"]
+    batch_id = _batch_id(cursor)
+
+    check_header(spec, path)
+    result = land_file(cursor, spec, path, batch_id)
+
+    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
+    assert (landed, quarantined) == ([(2, "P1")], [])
+    assert (result.sha256, result.bytes) == (hashlib.sha256(content).hexdigest(), len(content))
