@@ -14,6 +14,8 @@ from customer360.errors import UserFacingError
 from customer360.sources import CANONICAL_ORDER, SourceSpec
 
 GHOST_KEY = "00000000-0000-0000-0000-000000000000"
+# The business key of the ghost customer and product (sql/03); no delivered row may take it.
+GHOST_BUSINESS_KEY = "-1"
 
 
 # PostgreSQL's own input functions decide what parses, cheaply; the extra shape tests
@@ -109,6 +111,16 @@ def _number_rule(columns: dict[str, str], optional: tuple[str, ...] = ()) -> Rul
     return Rule("invalid_number", failing, detail)
 
 
+def _reserved_key_rule(key_column: str) -> Rule:
+    """Rows whose key is the ghost record's: loading one would clash with the ghost row."""
+    return Rule(
+        "reserved_key",
+        f"business_key = '{GHOST_BUSINESS_KEY}'",
+        f"'{key_column} ' || quote_literal(landed.{key_column})"
+        " || ' is reserved for the ghost record'",
+    )
+
+
 def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
     """The staging rules of each source, with the date formats its configuration gives."""
     signup_rule, signup_date = _date_rule(
@@ -123,7 +135,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             source="customers",
             key_column="customer_id",
             hash_keys={"customer_hk": "raw_vault.hash_key(landed.customer_id)"},
-            rules=(signup_rule,),
+            rules=(_reserved_key_rule("customer_id"), signup_rule),
             typed={
                 **{column: clean(column) for column in customer_text},
                 "signup_date": signup_date,
@@ -135,7 +147,10 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             source="products",
             key_column="product_id",
             hash_keys={"product_hk": "raw_vault.hash_key(landed.product_id)"},
-            rules=(_number_rule({"unit_price": "numeric(12, 2)", "cost": "numeric(12, 2)"}),),
+            rules=(
+                _reserved_key_rule("product_id"),
+                _number_rule({"unit_price": "numeric(12, 2)", "cost": "numeric(12, 2)"}),
+            ),
             typed={
                 "product_name": clean("product_name"),
                 "category": clean("category"),
@@ -155,9 +170,11 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 "product_hk": "case when landed.product_known then landed.product_hash"
                 f" else '{GHOST_KEY}' end",
                 "customer_order_hk": "raw_vault.hash_key(case when landed.customer_known"
-                " then landed.customer_id else '-1' end, landed.transaction_id)",
+                f" then landed.customer_id else '{GHOST_BUSINESS_KEY}' end,"
+                " landed.transaction_id)",
                 "order_product_hk": "raw_vault.hash_key(landed.transaction_id,"
-                " case when landed.product_known then landed.product_id else '-1' end)",
+                " case when landed.product_known"
+                f" then landed.product_id else '{GHOST_BUSINESS_KEY}' end)",
             },
             derived=(
                 {
@@ -225,7 +242,8 @@ def _known(hash_key: str, hub_key: str, business_key: str, source: str) -> str:
     known keys once and probes that table per row."""
     return (
         f"coalesce({hash_key} in ("
-        f"select {hub_key} from raw_vault.hub_{source[:-1]} where {business_key} <> '-1'"
+        f"select {hub_key} from raw_vault.hub_{source[:-1]}"
+        f" where {business_key} <> '{GHOST_BUSINESS_KEY}'"
         f" union all select {hub_key} from staging.stg_{source}"
         " where batch_id = %(batch_id)s), false)"
     )

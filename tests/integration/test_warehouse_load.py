@@ -4,6 +4,7 @@ history, thresholds and reconciliation, each checked against the CSV files thems
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import psycopg2
@@ -468,6 +469,37 @@ def assert_business_views_match(settings, expected) -> None:
             assert_product_analytics_matches(cursor, expected)
     finally:
         conn.close()
+
+
+def test_a_row_with_the_ghost_records_key_is_quarantined(small_database, small_data, tmp_path):
+    base, _ = small_data
+    data = tmp_path / "data"
+    shutil.copytree(base, data)
+    lines = {}
+    for source, row in (
+        ("customers", " -1 ,Ghost,Row,ghost@example.net,,Leeds,England,United Kingdom,2024-01-02,"),
+        ("products", "-1,Ghost Product,Tools,Acme,1.00,0.50"),
+    ):
+        path = data / f"{source}.csv"
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text + row + "\n", encoding="utf-8")
+        lines[source] = text.count("\n") + 1
+
+    run_batch(data, small_database)
+
+    assert query(
+        small_database,
+        "select source, line_number, reason from audit.quarantine where btrim(business_key) = '-1'"
+        " order by source",
+    ) == [
+        ("customers", lines["customers"], "reserved_key"),
+        ("products", lines["products"], "reserved_key"),
+    ]
+    assert query(
+        small_database,
+        "select record_source from raw_vault.hub_customer where customer_id = '-1'"
+        " union all select record_source from raw_vault.hub_product where product_id = '-1'",
+    ) == [("SYSTEM",), ("SYSTEM",)]
 
 
 def test_a_breached_threshold_fails_the_batch_and_leaves_the_vault_unchanged(
