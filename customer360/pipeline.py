@@ -339,7 +339,9 @@ def finish_batch(batch_id: int, settings: Settings | None = None) -> dict:
 
 
 def fail_batch(batch_id: int, message: str, settings: Settings | None = None) -> None:
-    """Mark the batch failed with a message; the vault keeps whatever it had before."""
+    """Mark the batch failed with a message. A batch that fails before its vault loads (a
+    breached threshold) leaves the vault as it was; one that fails later (reconciliation)
+    keeps what its committed steps added, and the report says which checks failed."""
     with transaction(settings) as cur:
         report = _build_report(cur, batch_id)
         report["status"] = "failed"

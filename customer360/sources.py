@@ -82,30 +82,45 @@ class SourceSpec:
 
 
 def load_source_specs(settings: Settings | None = None) -> dict[str, SourceSpec]:
-    """The source specifications from the configured YAML file (or the defaults)."""
+    """The source specifications from the configured YAML file, over the shipped defaults
+    (data/sources.yaml): a configuration of one's own needs only what differs from them."""
     settings = settings or get_settings()
     path = Path(settings.sources_config or DEFAULT_SOURCES_CONFIG)
+    configured = _configured_sources(path)
+    defaults = {}
+    if path != DEFAULT_SOURCES_CONFIG and DEFAULT_SOURCES_CONFIG.exists():
+        defaults = _configured_sources(DEFAULT_SOURCES_CONFIG)
+    specs: dict[str, SourceSpec] = {}
+    for name in SOURCE_NAMES:
+        default, entry = defaults.get(name) or {}, configured.get(name) or {}
+        unknown = set(entry.get("columns") or {}) - set(CANONICAL_ORDER[name])
+        if unknown:
+            raise UserFacingError(
+                f"source configuration {path}: {name} maps unknown field(s) {sorted(unknown)}"
+            )
+        entry = {
+            **default,
+            **entry,
+            "columns": {**(default.get("columns") or {}), **(entry.get("columns") or {})},
+            "formats": {**(default.get("formats") or {}), **(entry.get("formats") or {})},
+        }
+        specs[name] = SourceSpec(
+            name=name,
+            file=entry.get("file", f"{name}.csv"),
+            record_source=entry.get("record_source", f"csv.{name}"),
+            columns=entry["columns"],
+            formats=entry["formats"],
+            timezone=entry.get("timezone", "UTC"),
+        )
+    return specs
+
+
+def _configured_sources(path: Path) -> dict:
+    """The ``sources`` section of a configuration file."""
     if not path.exists():
         raise UserFacingError(f"source configuration {path} does not exist")
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserFacingError(f"source configuration {path} is not valid YAML: {exc}") from exc
-    configured = document.get("sources") or {}
-    specs: dict[str, SourceSpec] = {}
-    for name in SOURCE_NAMES:
-        entry = configured.get(name) or {}
-        unknown = set(entry.get("columns") or {}) - set(CANONICAL_ORDER[name])
-        if unknown:
-            raise UserFacingError(
-                f"source configuration {path}: {name} maps unknown field(s) {sorted(unknown)}"
-            )
-        specs[name] = SourceSpec(
-            name=name,
-            file=entry.get("file", f"{name}.csv"),
-            record_source=entry.get("record_source", f"csv.{name}"),
-            columns=dict(entry.get("columns") or {}),
-            formats=dict(entry.get("formats") or {}),
-            timezone=entry.get("timezone", "UTC"),
-        )
-    return specs
+    return document.get("sources") or {}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from customer360.errors import UserFacingError
-from customer360.settings import Settings
+from customer360.settings import PROJECT_ROOT, Settings
 from customer360.sources import CANONICAL_ORDER, load_source_specs
 
 
@@ -61,3 +62,20 @@ def test_invalid_yaml_is_refused(tmp_path):
     settings = write_config(tmp_path, "sources: [unclosed\n")
     with pytest.raises(UserFacingError, match="not valid YAML"):
         load_source_specs(settings)
+
+
+def test_a_configuration_of_ones_own_needs_only_what_differs_from_the_shipped_one(tmp_path):
+    settings = write_config(tmp_path, "sources:\n  customers:\n    file: clients.csv\n")
+    shipped_text = (PROJECT_ROOT / "data" / "sources.yaml").read_text(encoding="utf-8")
+    shipped = yaml.safe_load(shipped_text)["sources"]
+
+    specs = load_source_specs(settings)
+
+    assert specs["customers"].file == "clients.csv"
+    assert specs["customers"].record_source == shipped["customers"]["record_source"]
+    for name in ("products", "transactions"):
+        assert (specs[name].file, specs[name].record_source, specs[name].formats) == (
+            shipped[name]["file"],
+            shipped[name]["record_source"],
+            shipped[name].get("formats", {}),
+        )
