@@ -82,8 +82,11 @@ PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]
 # scope="function": the connection goes back to the pool before the response is serialised.
 ConnectionDep = Annotated[AsyncConnection, Depends(get_connection, scope="function")]
 
-# Business keys as the source files give them (C000001, P00001, T00000001, or a user's own).
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+# Business keys as the source files give them (C000001, P00001, T00000001, or a user's own),
+# in any case and with the spaces, tabs and line breaks around them that the warehouse trims
+# (raw_vault.normalise_key): queries compare the key in that normalised form. A key that is
+# blank once trimmed fails the pattern.
+ID_PATTERN = r"^[ \t\r\n]*[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}[ \t\r\n]*$"
 # Free text: no control characters, which PostgreSQL text cannot hold (NUL) or mean nothing here.
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -93,7 +96,10 @@ MAX_SKIP = 100_000
 CustomerIdPath = Annotated[
     str,
     Path(
-        description="Business key of the customer, as in customers.csv.",
+        description=(
+            "Business key of the customer, as in customers.csv; compared trimmed and "
+            "case-insensitively."
+        ),
         examples=["C000001"],
         pattern=ID_PATTERN,
     ),

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 # Swagger UI and ReDoc assets ship inside the fastapi-offline wheel: the docs work offline.
 DOCS_ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 DOCS_ASSETS_URL = "/docs-assets"
+# Seconds a client should wait after a 503 before retrying.
+RETRY_AFTER_SECONDS = 5
 
 DESCRIPTION = """
 Read API over the Customer 360 warehouse: 360 customer profiles with RFM segments, order
@@ -57,9 +59,12 @@ subject, or client address); beyond it, 429 with `Retry-After`.
 **Pagination.** Lists return `total`, `skip`, `limit`, `next_cursor` and `items`. Page with
 `skip`/`limit`, or pass `next_cursor` back as `cursor` for constant-time deep pages.
 
+**Ids.** Customer ids compare trimmed and case-insensitively, as the warehouse stores them:
+`/customers/c000042` is `/customers/C000042`, and responses carry the stored id.
+
 **Errors.** Every error is JSON with a one-sentence `detail`: 401 no or bad credentials,
 404 unknown id, 422 invalid parameter (with `errors`), 429 rate limited, 503 database
-unreachable.
+unreachable or query cancelled by the statement timeout (both with `Retry-After`).
 """
 
 OPENAPI_TAGS = [
@@ -97,8 +102,18 @@ ERROR_RESPONSES = {
         }
     },
     status.HTTP_503_SERVICE_UNAVAILABLE: _error_response(
-        "The database cannot be reached.", "the database is unavailable; retry shortly"
-    ),
+        "The database cannot be reached, the query ran past the statement timeout, or the "
+        "warehouse schema is not installed; the detail says which.",
+        "the database is unavailable; retry shortly",
+    )
+    | {
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying (not sent for a missing schema).",
+                "schema": {"type": "integer"},
+            }
+        }
+    },
 }
 
 
@@ -249,6 +264,21 @@ def _add_error_handlers(app: FastAPI) -> None:
         logger.warning("database error: %s", exc)
         return _database_unavailable()
 
+    # A subclass of OperationalError, but the database is up: the query waited or ran too
+    # long, typically behind a load's refresh of a view. 503 rather than 504: the API is no
+    # gateway, clients already retry 503 after Retry-After, and a 504 would look like the
+    # timeout of a proxy in front of the API.
+    @app.exception_handler(psycopg.errors.QueryCanceled)
+    async def query_cancelled(request: Request, exc: psycopg.errors.QueryCanceled) -> JSONResponse:
+        logger.warning("query cancelled on %s: %s", request.url.path, exc)
+        timeout_ms = request.app.state.settings.api_statement_timeout_ms
+        detail = f"the query was cancelled after running longer than {timeout_ms} ms; retry shortly"
+        return JSONResponse(
+            {"detail": detail},
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
     @app.exception_handler(psycopg.errors.UndefinedTable)
     async def missing_view(request: Request, exc: psycopg.Error) -> JSONResponse:
         logger.error("business view missing: %s", exc)
@@ -270,7 +300,7 @@ def _database_unavailable() -> JSONResponse:
     return JSONResponse(
         {"detail": "the database is unavailable; retry shortly"},
         status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": "5"},
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 

@@ -150,10 +150,15 @@ ACTIVITY_COLUMNS = (
     "last_event_ts", "last_purchase_ts", "updated_at",
 )  # fmt: skip
 
+# Business ids are looked up in the form the warehouse stores them (trimmed, upper-case):
+# the warehouse's own function normalises the parameter, so both share one definition. It is
+# immutable and inlined, so the lookup stays an index scan on the stored key.
+NORMALISED_KEY = "raw_vault.normalise_key(%s)"
+
 # Statements are plain constant text, so psycopg prepares each once per connection.
 CUSTOMER_BY_ID = (
     f"select {', '.join(CUSTOMER_COLUMNS)} from business_vault.vw_customer_360"
-    " where customer_id = %s"
+    f" where customer_id = {NORMALISED_KEY}"
 )
 # The profile and the click-stream activity in one round trip: this is the hottest endpoint.
 CUSTOMER_WITH_ACTIVITY = (
@@ -163,14 +168,16 @@ CUSTOMER_WITH_ACTIVITY = (
     + ", ".join(f"activity.{column} as activity_{column}" for column in ACTIVITY_COLUMNS)
     + " from business_vault.vw_customer_360 as profile"
     " left join public.customer_activity as activity using (customer_id)"
-    " where profile.customer_id = %s"
+    f" where profile.customer_id = {NORMALISED_KEY}"
 )
-CUSTOMER_EXISTS = "select 1 from business_vault.vw_customer_360 where customer_id = %s"
+CUSTOMER_EXISTS = (
+    f"select 1 from business_vault.vw_customer_360 where customer_id = {NORMALISED_KEY}"
+)
 # hashdiff is a uuid in the vault; the API shows it as its canonical text.
 CUSTOMER_HISTORY = (
     f"select {', '.join(HISTORY_COLUMNS).replace('hashdiff', 'hashdiff::text as hashdiff')}"
     " from business_vault.vw_customer_history"
-    " where customer_id = %s order by valid_from, hashdiff"
+    f" where customer_id = {NORMALISED_KEY} order by valid_from, hashdiff"
 )
 DATABASE_PING = "select 1"
 
@@ -244,7 +251,7 @@ def order_filters(
     """WHERE conditions of the order listing; the date range is inclusive, in UTC days."""
     filters = Filters()
     if customer_id is not None:
-        filters.add("customer_id = %s", customer_id)
+        filters.add(f"customer_id = {NORMALISED_KEY}", customer_id)
     if status is not None:
         filters.add("order_status = %s", status)
     # Bounds on transaction_ts itself keep the (transaction_ts) index usable.

@@ -131,4 +131,5 @@ async def get_customer_history(customer_id: CustomerIdPath, conn: ConnectionDep)
     versions = await queries.fetch_customer_history(conn, customer_id)
     if not versions:
         raise _not_found(customer_id)
-    return {"customer_id": customer_id, "versions": versions}
+    # The id as stored, not as given (which may differ in case and surrounding spaces).
+    return {"customer_id": versions[0]["customer_id"], "versions": versions}

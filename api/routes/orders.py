@@ -33,7 +33,12 @@ async def list_orders(
     ] = None,
     customer_id: Annotated[
         str | None,
-        Query(pattern=ID_PATTERN, description="Only this customer's orders.", examples=["C000001"]),
+        Query(
+            pattern=ID_PATTERN,
+            description="Only this customer's orders; the id is compared trimmed and "
+            "case-insensitively.",
+            examples=["C000001"],
+        ),
     ] = None,
     cursor: Cursor = None,
 ) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.parse
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -435,6 +436,45 @@ def test_customer_history_matches_the_satellite(client: httpx.Client, dict_curso
     assert versions[-1]["valid_to"] is None
 
 
+def test_ids_match_trimmed_and_case_insensitively(client: httpx.Client, dict_cursor) -> None:
+    # A customer with orders and attribute history, so that every lookup has rows to compare.
+    customer = query(
+        dict_cursor,
+        "select customer_id from business_vault.vw_customer_360"
+        " where order_count > 1 and customer_id <> lower(customer_id)"
+        " order by customer_id limit 1",
+    )[0]["customer_id"]
+    orders = [
+        row["order_id"]
+        for row in query(
+            dict_cursor,
+            "select order_id from business_vault.vw_order_analytics where customer_id = %s"
+            " order by transaction_ts desc, order_id desc",
+            [customer],
+        )
+    ]
+
+    def bodies(given_id: str) -> dict[str, Any]:
+        in_path = urllib.parse.quote(given_id, safe="")
+        responses = {
+            "profile": client.get(f"/customers/{in_path}"),
+            "orders": client.get(f"/customers/{in_path}/orders", params={"limit": 1000}),
+            "history": client.get(f"/customers/{in_path}/history"),
+            "order filter": client.get("/orders", params={"customer_id": given_id, "limit": 1000}),
+        }
+        for name, response in responses.items():
+            assert response.status_code == 200, (given_id, name, response.text)
+        return {name: response.json() for name, response in responses.items()}
+
+    canonical = bodies(customer)
+    assert canonical["profile"]["customer_id"] == customer
+    assert canonical["history"]["customer_id"] == customer
+    for listing in ("orders", "order filter"):
+        assert [item["order_id"] for item in canonical[listing]["items"]] == orders
+    for given_id in (customer.lower(), f"  {customer.lower()} ", f"\t{customer}\r\n"):
+        assert bodies(given_id) == canonical, repr(given_id)
+
+
 # Products and orders -------------------------------------------------------------------------
 
 
@@ -537,6 +577,10 @@ def test_orders_of_unknown_customers_have_null_customer(client: httpx.Client, di
         ("/customers", {"search": ""}, "query.search"),
         ("/customers", {"cursor": "not-a-cursor"}, "query.cursor"),
         ("/customers/bad id!", {}, "path.customer_id"),
+        ("/customers/%20%20", {}, "path.customer_id"),
+        ("/customers/%20/orders", {}, "path.customer_id"),
+        ("/customers/%09/history", {}, "path.customer_id"),
+        ("/orders", {"customer_id": "  "}, "query.customer_id"),
         ("/orders", {"date_from": "2024-02-30"}, "query.date_from"),
         ("/orders", {"date_from": "2024-03-02", "date_to": "2024-03-01"}, "query.date_from"),
         ("/orders", {"status": "lost"}, "query.status"),
@@ -665,3 +709,36 @@ def test_database_outage_is_503_json_never_a_traceback(
             assert response.json() == {"detail": "the database is unavailable; retry shortly"}
         log = (tmp_path / "api-outage.log").read_text()
         assert "Traceback" not in log
+
+
+def test_a_query_cancelled_by_the_statement_timeout_is_503_saying_so(
+    loaded_warehouse: Settings, tmp_path: Path, dict_cursor
+) -> None:
+    customer = query(
+        dict_cursor,
+        "select customer_id from business_vault.vw_customer_360 order by customer_id limit 1",
+    )[0]["customer_id"]
+    overrides = {"C360_API_STATEMENT_TIMEOUT_MS": "300"}
+    with running_api(loaded_warehouse, tmp_path, "slow-query", **overrides) as url:
+
+        def get_profile() -> httpx.Response:
+            return httpx.get(f"{url}/customers/{customer}", headers=KEY_HEADERS, timeout=30)
+
+        assert get_profile().status_code == 200
+        blocker = psycopg2.connect(loaded_warehouse.dsn)
+        try:
+            with blocker.cursor() as cur:
+                # As during a load: the refresh holds its lock on the view until it commits.
+                cur.execute("refresh materialized view business_vault.mv_customer_360")
+                blocked = get_profile()
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert blocked.status_code == 503
+        assert blocked.json() == {
+            "detail": "the query was cancelled after running longer than 300 ms; retry shortly"
+        }
+        assert blocked.headers["retry-after"] == "5"
+        # The connection survived the cancelled query: the database was never unavailable.
+        assert get_profile().status_code == 200
+    assert "Traceback" not in (tmp_path / "api-slow-query.log").read_text()
