@@ -1,6 +1,10 @@
 -- Real-time clickstream tables, written by the streaming consumer (streaming/sink.py) and read
 -- by the API. Each consumer batch adds its aggregates and the partitions' next offsets in one
 -- transaction, so the totals count every Kafka record exactly once. Safe to apply again.
+--
+-- Money that is summed over time is plain numeric (two decimals, as the consumer writes it):
+-- one valid event may carry 10,000 × 1,000,000.00, so any bounded type overflows after a few
+-- of them, and a batch that cannot be written stops its partitions for good. Counts are bigint.
 
 -- Events per minute of event time and per event type; amount is quantity × unit price of the
 -- events that carry one (add_to_cart, remove_from_cart, purchase).
@@ -8,7 +12,7 @@ create table if not exists public.real_time_metrics (
     minute_start timestamptz   not null,
     event_type   text          not null,
     event_count  bigint        not null,
-    amount       numeric(16, 2) not null default 0,
+    amount       numeric       not null default 0,
     updated_at   timestamptz   not null default now(),
     primary key (minute_start, event_type)
 );
@@ -26,8 +30,8 @@ create table if not exists public.customer_activity (
     checkouts         bigint         not null default 0,
     purchases         bigint         not null default 0,
     total_events      bigint         not null default 0,
-    cart_value        numeric(14, 2) not null default 0,
-    purchased_value   numeric(14, 2) not null default 0,
+    cart_value        numeric        not null default 0,
+    purchased_value   numeric        not null default 0,
     first_event_ts    timestamptz,
     last_event_ts     timestamptz,
     last_purchase_ts  timestamptz,
@@ -42,10 +46,18 @@ create table if not exists public.product_activity (
     remove_from_carts bigint         not null default 0,
     purchases         bigint         not null default 0,
     units_purchased   bigint         not null default 0,
-    purchased_value   numeric(14, 2) not null default 0,
+    purchased_value   numeric        not null default 0,
     last_event_ts     timestamptz,
     updated_at        timestamptz    not null default now()
 );
+
+-- Tables made by earlier versions of this file had numeric(16, 2) and numeric(14, 2) here.
+-- Dropping the bound keeps every value and rewrites nothing; on numeric columns it is a no-op.
+alter table public.real_time_metrics alter column amount type numeric;
+alter table public.customer_activity
+    alter column cart_value type numeric,
+    alter column purchased_value type numeric;
+alter table public.product_activity alter column purchased_value type numeric;
 
 -- Records the consumer could not use, with the reason; the same records go to the
 -- dead-letter topic. One row per source record, however often it is re-read.

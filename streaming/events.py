@@ -13,8 +13,8 @@ a product in the cart or an order; ``product_view`` needs ``product_id`` only. O
 
 from __future__ import annotations
 
-import math
 import re
+import reprlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -54,6 +54,13 @@ MAX_IDENTIFIER_LENGTH = 100
 _UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 IDENTIFIER_RULE = f"a string of 1 to {MAX_IDENTIFIER_LENGTH} characters without NUL"
 MAX_PRICE_CENTS = 100_000_000
+
+# Reasons quote the offending value, shortened: it may be 64 KB long, or nested deeper than
+# repr() can recurse.
+_quote = reprlib.Repr()
+_quote.maxlevel = 2
+_quote.maxstring = 60
+_quote.maxother = 60
 
 
 class ClickEvent(NamedTuple):
@@ -105,11 +112,11 @@ def validate_event(payload: dict) -> ClickEvent | InvalidEvent:
 
     version = payload["schema_version"]
     if version != SCHEMA_VERSION or version is True:
-        return InvalidEvent(f"unsupported schema_version: {version!r}")
+        return InvalidEvent(f"unsupported schema_version: {_quote.repr(version)}")
 
     event_type = payload["event_type"]
     if not isinstance(event_type, str) or event_type not in _EVENT_TYPE_SET:
-        return InvalidEvent(f"unknown event_type: {event_type!r}")
+        return InvalidEvent(f"unknown event_type: {_quote.repr(event_type)}")
 
     customer_id = payload["customer_id"]
     if not _is_identifier(customer_id):
@@ -117,11 +124,13 @@ def validate_event(payload: dict) -> ClickEvent | InvalidEvent:
     if not _is_identifier(payload["session_id"]):
         return InvalidEvent(f"session_id must be {IDENTIFIER_RULE}")
     if not _is_uuid(payload["event_id"]):
-        return InvalidEvent(f"event_id is not a UUID: {payload['event_id']!r}")
+        return InvalidEvent(f"event_id is not a UUID: {_quote.repr(payload['event_id'])}")
 
-    event_ts = parse_timestamp(payload["event_ts"])
-    if event_ts is None:
-        return InvalidEvent(f"bad timestamp: event_ts {payload['event_ts']!r}")
+    event_ts = _utc_timestamp(payload["event_ts"])
+    if type(event_ts) is str:
+        return InvalidEvent(
+            f"bad timestamp: event_ts {_quote.repr(payload['event_ts'])} {event_ts}"
+        )
 
     product_id = get("product_id")
     if product_id is not None and not _is_identifier(product_id):
@@ -136,12 +145,12 @@ def validate_event(payload: dict) -> ClickEvent | InvalidEvent:
         if quantity is None:
             return InvalidEvent(f"missing field: quantity (required for {event_type})")
         if type(quantity) is not int:
-            return InvalidEvent(f"quantity must be an integer: {quantity!r}")
+            return InvalidEvent(f"quantity must be an integer: {_quote.repr(quantity)}")
         if not 0 < quantity <= MAX_QUANTITY:
             return InvalidEvent(f"quantity out of range 1..{MAX_QUANTITY}: {quantity}")
         price_cents = _price_cents(get("price"))
         if price_cents is None:
-            return InvalidEvent(f"bad price: {get('price')!r}")
+            return InvalidEvent(f"bad price: {_quote.repr(get('price'))}")
         amount_cents = quantity * price_cents
 
     return ClickEvent(event_type, customer_id, product_id, event_ts, quantity, amount_cents)
@@ -149,16 +158,28 @@ def validate_event(payload: dict) -> ClickEvent | InvalidEvent:
 
 def parse_timestamp(value: object) -> datetime | None:
     """An ISO-8601 timestamp with an explicit offset, as an aware UTC datetime; else None."""
+    parsed = _utc_timestamp(value)
+    return parsed if isinstance(parsed, datetime) else None
+
+
+def _utc_timestamp(value: object) -> datetime | str:
+    """The timestamp in UTC, or what is wrong with it."""
     if not isinstance(value, str) or len(value) > 40:
-        return None
+        return "is not a valid ISO-8601 timestamp"
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        return None
+        return "is not a valid ISO-8601 timestamp"
     # A timestamp without an offset is ambiguous: which minute it counts in would be a guess.
     if parsed.tzinfo is None:
-        return None
-    return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
+        return "has no UTC offset"
+    if parsed.tzinfo is UTC:
+        return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        # An offset can move a time near either end of the calendar past what datetime holds.
+        return "is outside the years 1 to 9999 in UTC"
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -168,11 +189,12 @@ def format_timestamp(moment: datetime) -> str:
 
 def _price_cents(value: object) -> int | None:
     """A non-negative unit price with at most two decimals, in cents."""
-    if type(value) not in (int, float) or not math.isfinite(value):
+    # The range first: a huge float times 100 is infinity, which round() refuses (NaN fails too).
+    if type(value) not in (int, float) or not 0 <= value <= MAX_PRICE_CENTS / 100:
         return None
     cents = round(value * 100)
     # Reject prices with more than two decimals rather than silently rounding money.
-    if abs(value * 100 - cents) > 1e-6 or not 0 <= cents <= MAX_PRICE_CENTS:
+    if abs(value * 100 - cents) > 1e-6:
         return None
     return cents
 

@@ -60,27 +60,30 @@ class OffsetRange:
     next_offset: int
 
 
+# Cents are numeric, like the totals they add to: a large batch of large orders for one
+# customer or minute can pass what bigint holds.
 _TEMP_TABLES = """
 create temp table if not exists batch_metrics (
-    minute_start timestamptz, event_type text, event_count bigint, amount_cents bigint
+    minute_start timestamptz, event_type text, event_count bigint, amount_cents numeric
 ) on commit delete rows;
 create temp table if not exists batch_customers (
     customer_id text, page_views bigint, product_views bigint, searches bigint,
     add_to_carts bigint, remove_from_carts bigint, checkouts bigint, purchases bigint,
-    cart_cents bigint, purchased_cents bigint, first_event_ts timestamptz,
+    cart_cents numeric, purchased_cents numeric, first_event_ts timestamptz,
     last_event_ts timestamptz, last_purchase_ts timestamptz
 ) on commit delete rows;
 create temp table if not exists batch_products (
     product_id text, views bigint, add_to_carts bigint, remove_from_carts bigint,
-    purchases bigint, units_purchased bigint, purchased_cents bigint, last_event_ts timestamptz
+    purchases bigint, units_purchased bigint, purchased_cents numeric, last_event_ts timestamptz
 ) on commit delete rows;
 """
 
 # Rows are upserted in key order so that concurrent consumers lock shared rows (the current
-# minute, popular products) in the same order and rarely deadlock.
+# minute, popular products) in the same order and rarely deadlock. Cents × 0.01 is exact and
+# has two decimals; dividing by 100 would store sixteen in the unbounded numeric columns.
 _UPSERT_METRICS = """
 insert into public.real_time_metrics as m (minute_start, event_type, event_count, amount)
-select minute_start, event_type, event_count, amount_cents::numeric / 100
+select minute_start, event_type, event_count, amount_cents * 0.01
 from batch_metrics
 order by minute_start, event_type
 on conflict (minute_start, event_type) do update set
@@ -100,7 +103,7 @@ select
     checkouts, purchases,
     page_views + product_views + searches + add_to_carts + remove_from_carts + checkouts
         + purchases,
-    cart_cents::numeric / 100, purchased_cents::numeric / 100, first_event_ts,
+    cart_cents * 0.01, purchased_cents * 0.01, first_event_ts,
     last_event_ts, last_purchase_ts
 from batch_customers
 order by customer_id
@@ -132,7 +135,7 @@ insert into public.product_activity as p (
 )
 select
     product_id, views, add_to_carts, remove_from_carts, purchases, units_purchased,
-    purchased_cents::numeric / 100, last_event_ts
+    purchased_cents * 0.01, last_event_ts
 from batch_products
 order by product_id
 on conflict (product_id) do update set

@@ -29,9 +29,10 @@ from kafka_fixtures import kafka_bootstrap  # noqa: F401  (the session's broker)
 
 from customer360 import realtime
 from customer360.errors import UserFacingError
+from customer360.migrate import SQL_DIR
 from customer360.settings import Settings
 from streaming.aggregate import aggregate
-from streaming.events import parse_event
+from streaming.events import MAX_PRICE_CENTS, MAX_QUANTITY, ClickEvent, parse_event
 from streaming.producer import (
     Catalog,
     SessionSimulator,
@@ -655,6 +656,140 @@ def test_recent_metrics_lists_the_last_minutes_newest_first(
     } == wanted
     minutes = [row["minute_start"] for row in rows]
     assert minutes == sorted(minutes, reverse=True)
+
+
+def test_maximal_purchases_beyond_the_old_column_bounds_add_up_exactly(
+    stream: Stream, catalog: Catalog
+) -> None:
+    customer, product = catalog.customer_ids[0], next(iter(catalog.product_prices))
+    start = datetime(2026, 3, 7, 10, tzinfo=UTC)
+    # The largest amount one event may carry, 10,001 times in one minute, then 101 of them
+    # back in the cart: past numeric(16, 2) per minute and numeric(14, 2) per customer.
+    kinds = ["purchase"] * 10_001 + ["add_to_cart"] * 101
+    events = [
+        {
+            "schema_version": 1,
+            "event_id": str(uuid.uuid4()),
+            "event_type": kind,
+            "customer_id": customer,
+            "product_id": product,
+            "session_id": "overflow-session",
+            "event_ts": (start + timedelta(milliseconds=5 * number)).isoformat(),
+            "quantity": MAX_QUANTITY,
+            "price": MAX_PRICE_CENTS / 100,
+        }
+        for number, kind in enumerate(kinds)
+    ]
+    parsed = [parse_event(encode_event(event)) for event in events]
+    assert all(isinstance(event, ClickEvent) for event in parsed)
+    expected = expected_customers(events)[customer]
+    assert expected["purchased_value"] > Decimal("999999999999.99")
+    assert expected["cart_value"] > Decimal("999999999999.99")
+    assert max(amount for _, amount in expected_metrics(events).values()) > Decimal(
+        "99999999999999.99"
+    )
+
+    # Two batches, so that the second adds to totals already past the old bounds.
+    half = len(parsed) // 2
+    partition = (stream.topic, 0)
+    sink = Sink(psycopg2.connect(stream.settings.dsn), stream.group)
+    try:
+        sink.write_batch(aggregate(parsed[:half]), [], {partition: OffsetRange(None, half)})
+        sink.write_batch(aggregate(parsed[half:]), [], {partition: OffsetRange(half, len(parsed))})
+    finally:
+        sink.close()
+
+    assert_exact_totals(stream, events)
+    # Money keeps two decimals, as it is shown.
+    scales = _query(
+        stream.settings,
+        "select scale(amount) from public.real_time_metrics"
+        " union select scale(cart_value) from public.customer_activity"
+        " union select scale(purchased_value) from public.customer_activity"
+        " union select scale(purchased_value) from public.product_activity",
+    )
+    assert scales == [(2,)]
+    conn = psycopg2.connect(stream.settings.dsn)
+    try:
+        activity = realtime.customer_activity(conn, customer)
+    finally:
+        conn.close()
+    assert activity["purchased_value"] == f"{expected['purchased_value']:.2f}"
+    assert activity["cart_value"] == f"{expected['cart_value']:.2f}"
+
+
+# The columns that sum money over time, and their types before they were widened.
+MONEY_COLUMNS = {
+    ("real_time_metrics", "amount"): "numeric(16, 2)",
+    ("customer_activity", "cart_value"): "numeric(14, 2)",
+    ("customer_activity", "purchased_value"): "numeric(14, 2)",
+    ("product_activity", "purchased_value"): "numeric(14, 2)",
+}
+
+
+def test_the_schema_file_widens_the_money_columns_of_existing_tables(database: Settings) -> None:
+    schema = (SQL_DIR / "06_create_streaming.sql").read_text(encoding="utf-8")
+    conn = psycopg2.connect(database.dsn)
+    try:
+        with conn.cursor() as cur:
+            # Tables as an earlier version of the file made them, holding data.
+            for (table, column), old_type in MONEY_COLUMNS.items():
+                cur.execute(f"alter table public.{table} alter column {column} type {old_type}")
+            cur.execute(
+                "insert into public.real_time_metrics (minute_start, event_type, event_count,"
+                " amount) values ('2026-03-08T10:00:00Z', 'widen_test', 3, 99999999999999.99)"
+            )
+            cur.execute(
+                "insert into public.customer_activity (customer_id, purchases, total_events,"
+                " cart_value, purchased_value) values ('widen-test', 2, 2, -12.50,"
+                " 999999999999.99)"
+            )
+            cur.execute(
+                "insert into public.product_activity (product_id, purchases, purchased_value)"
+                " values ('widen-test', 2, 999999999999.99)"
+            )
+            tables = sorted({table for table, _ in MONEY_COLUMNS})
+            storage = (
+                "select relname, relfilenode from pg_class"
+                " where relnamespace = 'public'::regnamespace and relname = any(%s)"
+            )
+            cur.execute(storage, (tables,))
+            storage_before = set(cur.fetchall())
+            # Applied over the old tables, then once more over its own result.
+            cur.execute(schema)
+            cur.execute(schema)
+            cur.execute(storage, (tables,))
+            storage_after = set(cur.fetchall())
+            cur.execute(
+                "select table_name, column_name, data_type, numeric_precision, numeric_scale"
+                " from information_schema.columns where table_schema = 'public'"
+                " and (table_name, column_name) in %s",
+                (tuple(MONEY_COLUMNS),),
+            )
+            types = {(table, column): rest for table, column, *rest in cur.fetchall()}
+            cur.execute(
+                "select amount from public.real_time_metrics where event_type = 'widen_test'"
+            )
+            metric = cur.fetchall()
+            cur.execute(
+                "select cart_value, purchased_value from public.customer_activity"
+                " where customer_id = 'widen-test'"
+            )
+            customer = cur.fetchall()
+            cur.execute(
+                "select purchased_value from public.product_activity"
+                " where product_id = 'widen-test'"
+            )
+            product = cur.fetchall()
+    finally:
+        conn.rollback()
+        conn.close()
+    assert types == {key: ["numeric", None, None] for key in MONEY_COLUMNS}
+    # Widening kept each table's storage: no rewrite, however large the tables are.
+    assert storage_after == storage_before and len(storage_before) == len(tables)
+    assert metric == [(Decimal("99999999999999.99"),)]
+    assert customer == [(Decimal("-12.50"), Decimal("999999999999.99"))]
+    assert product == [(Decimal("999999999999.99"),)]
 
 
 def _last_assignment_size(consumer: ConsumerProcess) -> int:

@@ -79,6 +79,10 @@ def test_offsets_are_converted_to_utc() -> None:
         (b"", "bad JSON"),
         (b"\xff\xfe\xfa", "bad JSON"),
         (b'{"price": NaN}', "bad JSON"),
+        (b'{"price": Infinity}', "bad JSON"),
+        (b'{"price": 1e400}', "bad JSON"),
+        (b'{"customer_id": "\\ud800"}', "bad JSON"),
+        (b"[" * 2000 + b"]" * 2000, "bad JSON"),
         (b"[1, 2]", "bad JSON: expected an object"),
         (b'"text"', "bad JSON: expected an object"),
         (None, "empty record"),
@@ -124,6 +128,8 @@ def test_records_that_are_not_json_objects_are_rejected(raw: bytes | None, reaso
         ({"price": "19.99"}, "bad price"),
         ({"price": 19.999}, "bad price"),
         ({"price": 1e12}, "bad price"),
+        ({"price": 1.7e308}, "bad price"),
+        ({"price": 2**63}, "bad price"),
     ],
 )
 def test_invalid_fields_are_named_in_the_reason(changes: dict, reason: str) -> None:
@@ -136,3 +142,44 @@ def test_timestamps_round_trip_through_the_wire_format() -> None:
     moment = datetime(2026, 5, 1, 8, 0, 1, 234000, tzinfo=UTC)
     assert format_timestamp(moment) == "2026-05-01T08:00:01.234Z"
     assert parse_timestamp(format_timestamp(moment)) == moment
+
+
+@pytest.mark.parametrize("event_ts", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00"])
+def test_timestamps_that_fall_outside_the_calendar_in_utc_are_rejected(event_ts: str) -> None:
+    result = parse_event(encoded(event_ts=event_ts))
+    assert isinstance(result, InvalidEvent), result
+    assert result.reason == (
+        f"bad timestamp: event_ts {event_ts!r} is outside the years 1 to 9999 in UTC"
+    )
+
+
+def test_timestamps_at_the_ends_of_the_calendar_are_accepted() -> None:
+    first = parse_event(encoded(event_ts="0001-01-01T00:00:00-01:00"))
+    last = parse_event(encoded(event_ts="9999-12-31T23:59:59+05:00"))
+    assert first.event_ts == datetime(1, 1, 1, 1, tzinfo=UTC)
+    assert last.event_ts == datetime(9999, 12, 31, 18, 59, 59, tzinfo=UTC)
+
+
+# Within the JSON parser's depth limit, deeper than repr() can recurse.
+DEEPLY_NESTED = b"[" * 1000 + b"]" * 1000
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("schema_version", DEEPLY_NESTED, "unsupported schema_version"),
+        ("event_type", DEEPLY_NESTED, "unknown event_type"),
+        ("event_id", DEEPLY_NESTED, "event_id is not a UUID"),
+        ("event_ts", DEEPLY_NESTED, "bad timestamp"),
+        ("quantity", DEEPLY_NESTED, "quantity must be an integer"),
+        ("price", DEEPLY_NESTED, "bad price"),
+        ("event_type", b'"' + b"x" * 60_000 + b'"', "unknown event_type"),
+        ("event_ts", b'"' + b"2" * 60_000 + b'"', "bad timestamp"),
+    ],
+)
+def test_rejected_values_are_quoted_short(field: str, value: bytes, reason: str) -> None:
+    raw = encoded(**{field: "<value>"}).replace(b'"<value>"', value)
+    result = parse_event(raw)
+    assert isinstance(result, InvalidEvent), result
+    assert result.reason.startswith(reason), result.reason
+    assert len(result.reason) < 200
