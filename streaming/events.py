@@ -52,7 +52,7 @@ MAX_EVENT_BYTES = 64 * 1024
 MAX_QUANTITY = 10_000
 MAX_IDENTIFIER_LENGTH = 100
 _UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
-IDENTIFIER_RULE = f"a string of 1 to {MAX_IDENTIFIER_LENGTH} characters without NUL"
+IDENTIFIER_RULE = f"a string of 1 to {MAX_IDENTIFIER_LENGTH} characters without NUL, not blank"
 MAX_PRICE_CENTS = 100_000_000
 
 # Reasons quote the offending value, shortened: it may be 64 KB long, or nested deeper than
@@ -118,8 +118,8 @@ def validate_event(payload: dict) -> ClickEvent | InvalidEvent:
     if not isinstance(event_type, str) or event_type not in _EVENT_TYPE_SET:
         return InvalidEvent(f"unknown event_type: {_quote.repr(event_type)}")
 
-    customer_id = payload["customer_id"]
-    if not _is_identifier(customer_id):
+    customer_id = _business_key(payload["customer_id"])
+    if customer_id is None:
         return InvalidEvent(f"customer_id must be {IDENTIFIER_RULE}")
     if not _is_identifier(payload["session_id"]):
         return InvalidEvent(f"session_id must be {IDENTIFIER_RULE}")
@@ -133,8 +133,10 @@ def validate_event(payload: dict) -> ClickEvent | InvalidEvent:
         )
 
     product_id = get("product_id")
-    if product_id is not None and not _is_identifier(product_id):
-        return InvalidEvent(f"product_id must be {IDENTIFIER_RULE}")
+    if product_id is not None:
+        product_id = _business_key(product_id)
+        if product_id is None:
+            return InvalidEvent(f"product_id must be {IDENTIFIER_RULE}")
     if product_id is None and event_type in PRODUCT_EVENT_TYPES:
         return InvalidEvent(f"missing field: product_id (required for {event_type})")
 
@@ -204,6 +206,14 @@ def _is_identifier(value: object) -> bool:
     return (
         isinstance(value, str) and 0 < len(value) <= MAX_IDENTIFIER_LENGTH and "\x00" not in value
     )
+
+
+def _business_key(value: object) -> str | None:
+    """A customer or product id as the warehouse stores it (raw_vault.normalise_key: trimmed,
+    upper-case), so that activity joins the customer's profile; None if it is no identifier."""
+    if not _is_identifier(value):
+        return None
+    return value.strip(" \t\r\n").upper() or None
 
 
 def _is_uuid(value: object) -> bool:

@@ -49,6 +49,12 @@ def test_a_valid_event_keeps_what_the_aggregates_need() -> None:
     )
 
 
+def test_ids_are_stored_as_the_warehouse_keys_them() -> None:
+    # Trimmed and upper-cased, as raw_vault.normalise_key does, so activity joins the profile.
+    event = parse_event(encoded(customer_id=" c000042\t", product_id="p00017 "))
+    assert (event.customer_id, event.product_id) == ("C000042", "P00017")
+
+
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
 def test_every_event_type_is_accepted(event_type: str) -> None:
     assert isinstance(parse_event(encoded(event_type=event_type)), ClickEvent)
@@ -111,6 +117,8 @@ def test_records_that_are_not_json_objects_are_rejected(raw: bytes | None, reaso
         ({"customer_id": 42}, "customer_id must be a string"),
         ({"customer_id": "C\x00"}, "customer_id must be"),
         ({"customer_id": "C" * 101}, "customer_id must be"),
+        ({"customer_id": " \t "}, "customer_id must be"),
+        ({"product_id": "  "}, "product_id must be"),
         ({"session_id": 7}, "session_id must be a string"),
         ({"event_id": "not-a-uuid"}, "event_id is not a UUID"),
         ({"event_ts": "yesterday"}, "bad timestamp"),
