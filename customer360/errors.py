@@ -3,3 +3,7 @@
 
 class UserFacingError(Exception):
     """An expected failure whose message tells the user what to fix."""
+
+
+class BatchInProgressError(UserFacingError):
+    """Another batch is loading; this one can start once it has ended (the DAG retries it)."""

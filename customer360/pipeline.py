@@ -8,6 +8,7 @@ separate (retryable) tasks; ``run_batch`` runs them in order for the CLI.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from psycopg2.extras import Json
 
 from customer360.db import connect, reused_connections, transaction
-from customer360.errors import UserFacingError
+from customer360.errors import BatchInProgressError, UserFacingError
 from customer360.landing import check_header, land_file
 from customer360.quality import (
     ThresholdBreachedError,
@@ -58,15 +59,24 @@ class ReconciliationError(UserFacingError):
     """The vault does not hold exactly what was staged."""
 
 
-def start_batch(data_dir: Path, settings: Settings | None = None) -> int:
+class SupersededFilesError(UserFacingError):
+    """The files are those an earlier batch loaded, and a later batch has loaded others since:
+    loading them again would make their older values current. Nothing was loaded."""
+
+
+def start_batch(data_dir: Path, settings: Settings | None = None, reload: bool = False) -> int:
     """Open a batch for the files in ``data_dir``; returns its id.
 
-    Refuses while another batch is loading (from the CLI or the DAG). A batch still marked
-    'running' after ``STALE_BATCH_AFTER`` was left by a crashed load: it is closed as failed.
-    Staging rows of earlier batches are cleared.
+    Refuses while another batch is loading (from the CLI or the DAG), and, unless ``reload``,
+    files an earlier batch loaded when a later batch has loaded other files since (loading the
+    latest files again is allowed: it adds nothing). A batch still marked 'running' after
+    ``STALE_BATCH_AFTER`` was left by a crashed load: it is closed as failed. Staging rows of
+    earlier batches are cleared.
     """
-    for spec in load_source_specs(settings).values():
+    specs = load_source_specs(settings)
+    for spec in specs.values():
         check_header(spec, spec.path_in(data_dir))
+    checksums = None if reload else _checksums_if_loaded_before(specs, data_dir, settings)
     with transaction(settings) as cur:
         # Serialise batch starts, so two loads cannot both see "nothing running".
         cur.execute("lock table audit.load_batch in share row exclusive mode")
@@ -82,10 +92,12 @@ def start_batch(data_dir: Path, settings: Settings | None = None) -> int:
         )
         running = cur.fetchone()
         if running:
-            raise UserFacingError(
+            raise BatchInProgressError(
                 f"batch {running[0]} has been loading since {running[1]:%Y-%m-%d %H:%M:%S %Z};"
                 " try again when it has finished"
             )
+        if checksums:
+            _refuse_superseded_files(cur, checksums, data_dir)
         cur.execute(
             """
             update audit.load_batch
@@ -107,6 +119,46 @@ def start_batch(data_dir: Path, settings: Settings | None = None) -> int:
         batch_id = cur.fetchone()[0]
     log.info("batch %s started for %s", batch_id, data_dir)
     return batch_id
+
+
+def _checksums_if_loaded_before(specs, data_dir: Path, settings: Settings | None) -> dict | None:
+    """The SHA-256 of each source file, as landing records them, once any batch has loaded (a
+    first load has nothing to compare with and skips reading the files twice)."""
+    with transaction(settings) as cur:
+        cur.execute("select exists (select from audit.load_batch where status = 'succeeded')")
+        if not cur.fetchone()[0]:
+            return None
+    checksums = {}
+    for name, spec in specs.items():
+        with spec.path_in(data_dir).open("rb") as source_file:
+            checksums[name] = hashlib.file_digest(source_file, "sha256").hexdigest()
+    return checksums
+
+
+def _refuse_superseded_files(cur, checksums: dict[str, str], data_dir: Path) -> None:
+    """Raise ``SupersededFilesError`` when the latest succeeded batch with these files is not
+    the latest succeeded batch."""
+    same_files = " and ".join(
+        f"source_files -> '{name}' ->> 'sha256' = %({name})s" for name in checksums
+    )
+    cur.execute(
+        f"""
+        select batch_id, finished_at,
+               (select max(batch_id) from audit.load_batch where status = 'succeeded')
+        from audit.load_batch
+        where status = 'succeeded' and {same_files}
+        order by batch_id desc limit 1
+        """,
+        checksums,
+    )
+    loaded = cur.fetchone()
+    if loaded and loaded[0] != loaded[2]:
+        raise SupersededFilesError(
+            f"the files in {data_dir} are those batch {loaded[0]} loaded on"
+            f" {loaded[1]:%Y-%m-%d %H:%M %Z}, and batch {loaded[2]} has loaded other files since:"
+            " loading them again would make their older values current. Nothing was loaded;"
+            " `c360 load --reload` loads them anyway"
+        )
 
 
 def load_staging(batch_id: int, source: str, settings: Settings | None = None) -> dict:
@@ -356,9 +408,13 @@ def fail_batch(batch_id: int, message: str, settings: Settings | None = None) ->
 
 
 def run_batch(
-    data_dir: Path, settings: Settings | None = None, progress: ProgressCallback | None = None
+    data_dir: Path,
+    settings: Settings | None = None,
+    progress: ProgressCallback | None = None,
+    reload: bool = False,
 ) -> dict:
-    """Load the files in ``data_dir`` as one batch, end to end; returns the run report."""
+    """Load the files in ``data_dir`` as one batch, end to end; returns the run report.
+    ``reload`` loads files an earlier batch loaded even after later batches (see start_batch)."""
     settings = settings or get_settings()
     notify = progress or (lambda stage, info: None)
     lock = connect(settings)
@@ -369,7 +425,7 @@ def run_batch(
                 raise UserFacingError("another batch is loading right now; try again when it ends")
         # The steps' many short transactions reuse connections rather than open new ones.
         with reused_connections(settings):
-            batch_id = start_batch(Path(data_dir), settings)
+            batch_id = start_batch(Path(data_dir), settings, reload=reload)
             notify("start", {"batch_id": batch_id})
             try:
                 _run_steps(batch_id, settings, notify)

@@ -11,10 +11,13 @@ checks into the Data Vault, reconciles it and refreshes the business views the A
   threshold fails `quality_check_staging` and leaves the vault untouched; links and satellites
   load in parallel once the hubs hold every key; `run_report` writes the counts, quarantined rows
   and timings to its log and to `audit.load_batch`.
-* **Re-running a date** adds nothing the vault already holds: every step is idempotent.
+* **Re-running a date** adds nothing the vault already holds: every step is idempotent. Files
+  an earlier batch loaded, after a later batch has loaded others (say the demo data once the
+  next day is in), are not loaded again: `start_batch` is skipped, and so is the rest of the run.
 * **Retries**: three, 30 s apart and doubling, for transient errors (a database restart, a
-  timeout); a problem someone has to fix (a missing file, a wrong header, a breached threshold)
-  fails the task at once.
+  timeout); a batch already loading (a `c360 load` from the command line) is waited for, up
+  to three times five minutes; a problem someone has to fix (a missing file, a wrong header,
+  a breached threshold) fails the task at once.
 * **Alerts**: a task failing after its retries, or a run still going 15 minutes after it was
   queued, is logged and e-mailed when `C360_SMTP_HOST` is set.
 
@@ -38,9 +41,10 @@ from airflow.sdk import (
     get_current_context,
     task,
 )
+from airflow.sdk.exceptions import AirflowSkipException
 
 from customer360 import orchestration
-from customer360.errors import UserFacingError
+from customer360.errors import BatchInProgressError, UserFacingError
 
 SOURCES = ("customers", "products", "transactions")
 
@@ -53,7 +57,16 @@ default_args = {
     # A failure the user has to fix (a missing file, a wrong header, a breached threshold, a
     # failed reconciliation) fails at once; anything else (a database restart, a timeout) retries.
     "retry_policy": ExceptionRetryPolicy(
-        rules=[RetryRule(exception=UserFacingError, action=RetryAction.FAIL)]
+        # The first rule that matches decides.
+        rules=[
+            RetryRule(
+                exception=BatchInProgressError,
+                action=RetryAction.RETRY,
+                retry_delay=timedelta(minutes=5),
+                reason="another batch is loading",
+            ),
+            RetryRule(exception=UserFacingError, action=RetryAction.FAIL),
+        ]
     ),
     "execution_timeout": timedelta(minutes=10),
     "on_failure_callback": orchestration.notify_task_failure,
@@ -90,7 +103,11 @@ def customer_data_pipeline():
         settings = orchestration.settings_for_tasks()
         data_dir = orchestration.landing_directory(run_date.date(), settings)
         print(f"batch for {run_date.date().isoformat()} reads {data_dir}")
-        return pipeline.start_batch(data_dir, settings=settings)
+        try:
+            return pipeline.start_batch(data_dir, settings=settings)
+        except pipeline.SupersededFilesError as exc:
+            # Nothing new to load, and loading it would undo later batches: not a failure.
+            raise AirflowSkipException(str(exc)) from exc
 
     @task
     def load_staging(batch_id: int, source: str) -> dict:

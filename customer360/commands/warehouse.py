@@ -19,6 +19,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--data-dir", type=Path, help="folder with the three CSV files (default: C360_DATA_DIR)"
     )
     load.add_argument("--json", action="store_true", help="print the run report as JSON")
+    load.add_argument(
+        "--reload",
+        action="store_true",
+        help="load files an earlier batch loaded even though later batches have loaded others"
+        " (their older values become current again)",
+    )
     load.set_defaults(handler=load_command)
 
     report = subparsers.add_parser("report", help="print a batch's quality and reconciliation")
@@ -40,7 +46,7 @@ def load_command(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - started
             print(f"[{elapsed:7.2f}s] {stage:<16} {_summary(info)}", flush=True)
 
-    report = run_batch(Path(data_dir), progress=progress)
+    report = run_batch(Path(data_dir), progress=progress, reload=args.reload)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:

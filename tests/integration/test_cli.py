@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from customer360.generator import generate_dataset, generate_next_day
 from tests.conftest import free_port
 
 
@@ -165,3 +166,25 @@ def test_help_is_available(command):
     result = c360(*command)
     assert result.returncode == 0
     assert "usage" in result.stdout.lower()
+
+
+def test_load_refuses_superseded_files_in_one_line_unless_asked_to_reload(make_database, tmp_path):
+    settings = make_database()
+    day1, day2 = tmp_path / "day1", tmp_path / "day2"
+    generate_dataset(day1, customers=1500, products=300, transactions=4000, seed=5)
+    generate_next_day(day1, day2, seed=5)
+    env = {
+        "C360_DATABASE_URL": settings.dsn,
+        "C360_MIN_CUSTOMERS": "100",
+        "C360_MIN_PRODUCTS": "10",
+        "C360_MIN_TRANSACTIONS": "100",
+    }
+    for data in (day1, day2):
+        assert c360("load", "--data-dir", str(data), env=env).returncode == 0
+
+    refused = c360("load", "--data-dir", str(day1), env=env)
+
+    assert_one_line_error(refused, "batch 1 loaded", "batch 2 has loaded", "--reload")
+    reloaded = c360("load", "--data-dir", str(day1), "--reload", env=env)
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert "succeeded" in c360("report", "--batch", "3", env=env).stdout

@@ -14,6 +14,8 @@ import psycopg2
 import pytest
 
 from customer360 import airflow_local
+from customer360.generator import generate_next_day
+from customer360.pipeline import run_batch
 from customer360.settings import PROJECT_ROOT, Settings
 from customer360.vault import VAULT_TABLES
 from tests.expected import GHOST_ID, expected_warehouse
@@ -272,3 +274,21 @@ def latest_try_number(env: dict[str, str], task_id: str) -> int:
             (task_id, airflow_local.DAG_ID),
         ).fetchone()
     return try_number
+
+
+def test_files_a_later_batch_superseded_are_skipped_not_loaded_again(
+    first_run, airflow_env, dag_settings, demo_data_dir, tmp_path
+):
+    """Runs last: it makes a later delivery the newest batch."""
+    next_day = tmp_path / "next_day"
+    generate_next_day(demo_data_dir, next_day)
+    run_batch(next_day, dag_settings)
+    before = vault_snapshot(dag_settings)
+
+    # No landing folder for this date: the run reads the demo data, which the first run loaded.
+    skipped = run_dag(airflow_env, "2026-01-18")
+
+    assert skipped.returncode == 0, skipped.stdout[-3000:] + skipped.stderr[-3000:]
+    assert latest_task_states(airflow_env) == dict.fromkeys(ALL_TASKS, "skipped")
+    assert vault_snapshot(dag_settings) == before
+    assert latest_batch(dag_settings)["data_dir"] == str(next_day.resolve())

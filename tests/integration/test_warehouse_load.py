@@ -13,6 +13,7 @@ import pytest
 from customer360.generator import generate_dataset, generate_next_day
 from customer360.pipeline import (
     ReconciliationError,
+    SupersededFilesError,
     check_staging,
     fail_batch,
     load_hubs,
@@ -522,15 +523,43 @@ def test_a_breached_threshold_fails_the_batch_and_leaves_the_vault_unchanged(
     assert "at least 1,000,000 required" in message
 
 
+def test_files_an_earlier_batch_loaded_are_refused_once_a_later_batch_loaded_others(
+    small_database, small_data
+):
+    settings = small_database
+    base, next_day = small_data
+    run_batch(base, settings)
+    run_batch(next_day, settings)
+    before = vault_fingerprint(settings)
+    batches = query(settings, "select batch_id, status from audit.load_batch order by batch_id")
+
+    with pytest.raises(SupersededFilesError, match="those batch 1 loaded .* batch 2 has loaded"):
+        run_batch(base, settings)
+
+    assert vault_fingerprint(settings) == before
+    assert query(settings, "select batch_id, status from audit.load_batch order by batch_id") == (
+        batches
+    )
+    # Asked for, they load: the day-1 values are current again.
+    run_batch(base, settings, reload=True)
+    product_id = json.loads((next_day / "changes.json").read_text())["changed_product_ids"][0]
+    ((price,),) = query(
+        settings,
+        "select unit_price from business_vault.vw_product_analytics where product_id = %s",
+        (product_id,),
+    )
+    assert str(price) == expected_warehouse(base).products[product_id]["unit_price"]
+
+
 def test_a_second_batch_is_refused_while_one_is_loading(small_database, small_data):
-    from customer360.errors import UserFacingError
+    from customer360.errors import BatchInProgressError
     from customer360.pipeline import fail_batch, start_batch
 
     settings = small_database
     base, _ = small_data
     running = start_batch(base, settings)
 
-    with pytest.raises(UserFacingError, match=f"batch {running} has been loading"):
+    with pytest.raises(BatchInProgressError, match=f"batch {running} has been loading"):
         run_batch(base, settings)
 
     fail_batch(running, "stopped by the test", settings)

@@ -150,13 +150,21 @@ def test_every_task_retries_with_backoff_timeout_and_failure_alert(parsed_dag):
         assert info["backoff"] > 1, task_id
         assert info["timeout_seconds"] and info["timeout_seconds"] <= 15 * 60, task_id
         assert info["on_failure"] == ["customer360.orchestration.notify_task_failure"], task_id
-        # Errors a retry cannot fix fail the task at once.
+        # A batch already loading is waited for; other errors a retry cannot fix fail the task
+        # at once. The first matching rule decides, so the order matters.
         assert info["retry_policy"]["rules"] == [
+            {
+                "exception": "customer360.errors.BatchInProgressError",
+                "action": "retry",
+                "match_subclasses": True,
+                "retry_delay": 300.0,
+                "reason": "another batch is loading",
+            },
             {
                 "exception": "customer360.errors.UserFacingError",
                 "action": "fail",
                 "match_subclasses": True,
-            }
+            },
         ], task_id
 
 
