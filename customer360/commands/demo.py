@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import time
 import urllib.request
 from pathlib import Path
 
 from customer360.commands.warehouse import print_report
-from customer360.embedded_db import server_for_settings
+from customer360.embedded_db import EmbeddedDatabaseError, server_for_settings
 from customer360.errors import UserFacingError
 from customer360.generator import generate_dataset, generate_next_day
 from customer360.migrate import migrate
-from customer360.pipeline import run_batch
+from customer360.pipeline import SupersededFilesError, run_batch
 from customer360.services import c360_service
 from customer360.settings import get_settings
 
@@ -61,15 +62,24 @@ def run_demo(args: argparse.Namespace) -> int:
         step.note(f"{data_dir} (day 1) and {next_day} (next day)")
 
     with step("load day 1"):
-        report = run_batch(data_dir, settings)
-    print_report(report)
+        try:
+            print_report(run_batch(data_dir, settings))
+        except SupersededFilesError:
+            # A demo run before this one loaded it, then the next day: that stays current.
+            step.note("loaded by an earlier run, before the next day; not loaded again")
     with step("load next day"):
         report = run_batch(next_day, settings)
     print_report(report)
 
     with step("REST API"):
-        api_service(settings).start()
-        _wait_for_http(f"http://{settings.api_host}:{settings.api_port}/health", 60)
+        api = api_service(settings)
+        if api.pid() is None and _port_taken(settings.api_host, settings.api_port):
+            raise UserFacingError(
+                f"{settings.api_host}:{settings.api_port} is taken by another program (the"
+                " Compose stack?): stop it, or set C360_API_PORT to a free port"
+            )
+        api.start()
+        _wait_for_http(f"http://{settings.api_host}:{settings.api_port}/health", 60, api)
         step.note(f"http://{settings.api_host}:{settings.api_port}/docs")
 
     if not args.no_stream:
@@ -97,32 +107,49 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def stop_all(args: argparse.Namespace) -> int:
+    """Stop every service; one that cannot be stopped is reported and the others still are."""
     settings = get_settings()
-    stopped = []
+    stopped, failed = [], []
+
+    def stop(name: str, stop_service) -> None:
+        try:
+            if stop_service():
+                stopped.append(name)
+        except ImportError:
+            pass  # an optional part that is not installed runs nothing
+        except (UserFacingError, EmbeddedDatabaseError, OSError) as exc:
+            failed.append(f"{name}: {exc}")
+
     for service in (consumer_service(settings), api_service(settings)):
-        if service.stop():
-            stopped.append(service.name)
-    try:
-        from customer360 import airflow_local
-
-        if airflow_local.stop(settings):
-            stopped.append("airflow")
-    except ImportError:
-        pass
-    try:
-        from customer360.kafka_broker import broker_for_settings
-
-        if broker_for_settings(settings).stop():
-            stopped.append("kafka")
-    except ImportError:
-        pass
+        stop(service.name, service.stop)
+    stop("airflow", lambda: _airflow_local().stop(settings))
+    stop("kafka", lambda: _broker(settings).stop())
     if settings.uses_embedded_database:
         server = server_for_settings(settings)
-        if server.is_running():
+
+        def stop_database() -> bool:
+            if not server.is_running():
+                return False
             server.stop()
-            stopped.append("postgresql")
+            return True
+
+        stop("postgresql", stop_database)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    return 0
+    for problem in failed:
+        print(f"not stopped: {problem}")
+    return 1 if failed else 0
+
+
+def _airflow_local():
+    from customer360 import airflow_local
+
+    return airflow_local
+
+
+def _broker(settings):
+    from customer360.kafka_broker import broker_for_settings
+
+    return broker_for_settings(settings)
 
 
 class _Steps:
@@ -152,16 +179,27 @@ class _Steps:
             print(f"    done in {took:.1f}s{detail}", flush=True)
 
 
-def _wait_for_http(url: str, timeout: float) -> None:
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something already accepts connections on host:port."""
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((host, port)) == 0
+
+
+def _wait_for_http(url: str, timeout: float, service) -> None:
+    """Wait until ``url`` answers 200 while ``service`` runs (an answer after it has exited
+    would come from another program)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if service.pid() is None:
+            raise UserFacingError(f"{service.name} exited while starting; see {service.log_file}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.5)
-    raise UserFacingError(f"{url} did not answer within {timeout:.0f}s; see .c360/run/api.log")
+    raise UserFacingError(f"{url} did not answer within {timeout:.0f}s; see {service.log_file}")
 
 
 def _print_summary(settings, airflow: bool, stream: bool) -> None:
