@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from customer360.errors import UserFacingError
-from customer360.processes import group_alive, signal_group
+from customer360.processes import command_line, group_alive, signal_group
 from customer360.settings import PROJECT_ROOT, Settings, get_settings
 
 DAG_ID = "customer_data_pipeline"
@@ -62,7 +62,7 @@ class AirflowStatus:
 def airflow_home(settings: Settings | None = None) -> Path:
     """The Airflow home: configuration, logs and pid file, inside the platform's work directory."""
     settings = settings or get_settings()
-    return Path(settings.work_dir).resolve() / "airflow"
+    return settings.work_dir / "airflow"
 
 
 def base_url(settings: Settings | None = None) -> str:
@@ -139,18 +139,18 @@ def airflow_environment(settings: Settings | None = None, metadata_url: str | No
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url or metadata_database_url(settings),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             f"AIRFLOW_CONN_{CONNECTION_ID.upper()}": connection_uri(settings),
-            # The settings the task processes read; relative paths would depend on their cwd.
-            "C360_WORK_DIR": str(Path(settings.work_dir).resolve()),
+            # The settings the task processes read (absolute, so their cwd does not matter).
+            "C360_WORK_DIR": str(settings.work_dir),
             "C360_EMBEDDED_PG_PORT": str(settings.embedded_pg_port),
             "C360_EMBEDDED_PG_DATABASE": settings.embedded_pg_database,
-            "C360_DATA_DIR": str(Path(settings.data_dir).resolve()),
+            "C360_DATA_DIR": str(settings.data_dir),
             "C360_AIRFLOW_PORT": str(settings.airflow_port),
         }
     )
     if settings.database_url:
         env["C360_DATABASE_URL"] = settings.database_url
     if settings.landing_dir:
-        env["C360_LANDING_DIR"] = str(Path(settings.landing_dir).resolve())
+        env["C360_LANDING_DIR"] = str(settings.landing_dir)
     for noisy in ("AIRFLOW_CONFIG", "AIRFLOW__CORE__UNIT_TEST_MODE"):
         env.pop(noisy, None)
     return env
@@ -426,12 +426,11 @@ def _running_pid(home: Path) -> int | None:
         return None
     if not group_alive(pid):
         return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+    arguments = command_line(pid)
+    if arguments is None:
         # The leader has gone while its group lives on; the group is still ours to stop.
         return pid
-    return pid if b"airflow" in cmdline else None
+    return pid if any("airflow" in argument for argument in arguments) else None
 
 
 def _port_in_use(port: int) -> bool:

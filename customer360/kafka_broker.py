@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from customer360.errors import UserFacingError
-from customer360.processes import process_alive
+from customer360.processes import command_line, process_alive
 from customer360.settings import PROJECT_ROOT, Settings, get_settings
 
 POM_FILE = PROJECT_ROOT / "streaming" / "broker" / "pom.xml"
@@ -243,11 +243,10 @@ class KafkaBroker:
         except (FileNotFoundError, ValueError):
             return None
         # A stale pid file may name a process that is not (or no longer) this broker.
-        try:
-            command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
+        arguments = command_line(pid)
+        if arguments is None:
             return None
-        if "kafka.Kafka" not in command_line or str(self.config_file) not in command_line:
+        if "kafka.Kafka" not in arguments or str(self.config_file) not in arguments:
             return None
         return pid if process_alive(pid) else None
 

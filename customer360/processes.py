@@ -45,6 +45,22 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def command_line(pid: int) -> list[str] | None:
+    """The arguments a process was started with, or None when it has gone (or there is no /proc).
+
+    A pid file outlives a reboot, and its number may since belong to any other program: what
+    the process runs is the only way to tell whether it is still the one we started.
+    """
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # Each argument ends with a NUL (a process that retitled itself may drop the last one);
+    # a zombie's command line is empty.
+    text = raw.decode(errors="replace")
+    return text.removesuffix("\0").split("\0") if text else []
+
+
 def signal_group(pgid: int, sig: signal.Signals) -> None:
     """Send a signal to a whole process group, if it still exists."""
     with contextlib.suppress(ProcessLookupError):

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from customer360.processes import group_alive, signal_group
+from customer360.processes import command_line, group_alive, signal_group
 from customer360.settings import Settings, get_settings
 
 
@@ -40,12 +40,22 @@ class BackgroundService:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not self._runs_as(pid):
             self.pid_file.unlink(missing_ok=True)
             return None
         return pid
+
+    def _runs_as(self, pid: int) -> bool:
+        """Whether ``pid`` is this service: a process we may signal that runs its command."""
+        # After a reboot the number may name an unrelated process, even another user's.
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        arguments = command_line(pid)
+        # The interpreter is left out, as the same venv may be reached through another path;
+        # a zombie's command line is empty and does not match.
+        return arguments is not None and arguments[1:] == list(self.argv[1:])
 
     def start(self) -> int:
         """Start the service unless it already runs; returns its pid."""
@@ -61,6 +71,13 @@ class BackgroundService:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the terminal; stopped as a process group
             )
+        # The command line reads empty until the exec is through; pid() must recognise the
+        # service as soon as start() returns.
+        deadline = time.monotonic() + 5
+        while not command_line(process.pid) and process.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         self.pid_file.write_text(str(process.pid))
         return process.pid
 
