@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     airflow_port: int = 8080
     smtp_host: str | None = None
     alert_email: str | None = None
+
+    @field_validator("work_dir", "data_dir", "landing_dir", "sources_config")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # Resolved against the directory the settings are read in: the database server and
+        # the broker run in other directories, and the Airflow tasks in their own.
+        return None if path is None else path.resolve()
 
     @property
     def uses_embedded_database(self) -> bool:
