@@ -9,6 +9,10 @@ status and new orders, plus ``changes.json`` listing exactly what changed.
 Everything derives from the seed and a fixed reference date, never from the clock, so the same
 seed gives byte-identical files. Rows are written as they are generated, so a million
 transactions need no more memory than the customer and product id lists.
+
+Each file is written under a temporary name and renamed when complete, and the manifest comes
+last, so an interrupted run never leaves a cut-off file under a final name;
+``dataset_complete`` tells whether a folder holds a whole data set.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ import csv
 import hashlib
 import json
 import math
+import os
 import random
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from customer360.errors import UserFacingError
 from customer360.sources import CANONICAL_ORDER
@@ -49,6 +55,9 @@ PRODUCTS_FILE = "products.csv"
 TRANSACTIONS_FILE = "transactions.csv"
 MANIFEST_FILE = "dirty_rows.json"
 CHANGES_FILE = "changes.json"
+# What a whole data set holds; the manifest is written last, so it marks a finished run.
+DATASET_FILES = (CUSTOMERS_FILE, PRODUCTS_FILE, TRANSACTIONS_FILE, MANIFEST_FILE)
+NEXT_DAY_FILES = (CUSTOMERS_FILE, PRODUCTS_FILE, TRANSACTIONS_FILE, CHANGES_FILE, MANIFEST_FILE)
 
 # The canonical headers of the input contract.
 CUSTOMER_COLUMNS = list(CANONICAL_ORDER["customers"])
@@ -360,7 +369,7 @@ def _write_planned_rows(
     """
     held: dict[int, list[str]] = {}
     number = 0
-    with path.open("w", encoding="utf-8", newline="") as handle:
+    with _open_for_replace(path) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(columns)
         write = writer.writerow
@@ -599,8 +608,40 @@ def _check_positive(name: str, value: int) -> None:
         raise UserFacingError(f"The number of {name} must be at least 1, got {value}.")
 
 
+def dataset_complete(directory: Path, next_day: bool = False) -> bool:
+    """Whether ``directory`` holds every file of a day-1 (or next-day) data set, each whole."""
+    names = NEXT_DAY_FILES if next_day else DATASET_FILES
+    return all((Path(directory) / name).is_file() for name in names)
+
+
+@contextmanager
+def _open_for_replace(path: Path) -> Iterator[TextIO]:
+    """A text file written under a temporary name beside ``path``, renamed to it once complete.
+
+    An interrupted write removes its temporary file; after a kill, the next run overwrites it.
+    """
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            # On disk before the rename, so a power cut cannot leave an empty final file either.
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _start_dataset(out: Path) -> None:
+    """Create ``out`` and drop an earlier manifest, which this run writes last: until then the
+    folder is incomplete, so a run cut short cannot pass for the data set it was replacing."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+
+
 def _write_json(path: Path, document: dict[str, Any]) -> None:
-    with path.open("w", encoding="utf-8", newline="") as handle:
+    with _open_for_replace(path) as handle:
         json.dump(document, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
 
@@ -610,7 +651,7 @@ def _write_manifest(path: Path, summary: dict[str, Any], entries: list[dict[str,
     head = json.dumps(summary, indent=2, ensure_ascii=False).removesuffix("\n}")
     rows = ",\n".join("    " + json.dumps(entry, ensure_ascii=False) for entry in entries)
     rows_block = f"[\n{rows}\n  ]" if entries else "[]"
-    with path.open("w", encoding="utf-8", newline="") as handle:
+    with _open_for_replace(path) as handle:
         handle.write(f'{head},\n  "dirty_rows": {rows_block}\n}}\n')
 
 
@@ -637,7 +678,7 @@ def generate_dataset(
     if not 0 <= dirty_rate <= MAX_DIRTY_RATE:
         raise UserFacingError(f"The dirty-row rate must be between 0 and {MAX_DIRTY_RATE}.")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _start_dataset(out)
     # One stream per file, so the size of one file does not shift the contents of the next.
     customer_rng = random.Random(f"{seed}:customers")
     product_rng = random.Random(f"{seed}:products")
@@ -754,7 +795,7 @@ def _write_customer_snapshot(
     loadable: list[str] = []
     highest = 0
     rows = 0
-    with (out / CUSTOMERS_FILE).open("w", encoding="utf-8", newline="") as handle:
+    with _open_for_replace(out / CUSTOMERS_FILE) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(CUSTOMER_COLUMNS)
         for line, row in _read_rows(base / CUSTOMERS_FILE):
@@ -805,7 +846,7 @@ def _write_product_snapshot(
     changed: list[str] = []
     sellable: list[tuple[str, int]] = []
     rows = 0
-    with (out / PRODUCTS_FILE).open("w", encoding="utf-8", newline="") as handle:
+    with _open_for_replace(out / PRODUCTS_FILE) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(PRODUCT_COLUMNS)
         for line, row in _read_rows(base / PRODUCTS_FILE):
@@ -857,7 +898,7 @@ def generate_next_day(
     if base.resolve() == out.resolve():
         raise UserFacingError("The next-day output directory must differ from the base directory.")
     manifest = read_manifest(base)
-    out.mkdir(parents=True, exist_ok=True)
+    _start_dataset(out)
     rng = random.Random(f"{seed}:next-day")
 
     changed_customers, new_customers, loadable_customers, customer_rows = _write_customer_snapshot(
@@ -880,7 +921,7 @@ def generate_next_day(
     quantities = _weighted_table(QUANTITY_WEIGHTS)
     discounts = _weighted_table(DISCOUNT_WEIGHTS)
     today = REFERENCE_DATE.isoformat()
-    with (out / TRANSACTIONS_FILE).open("w", encoding="utf-8", newline="") as handle:
+    with _open_for_replace(out / TRANSACTIONS_FILE) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(TRANSACTION_COLUMNS)
         for line, row in _read_rows(base / TRANSACTIONS_FILE):

@@ -12,7 +12,7 @@ from pathlib import Path
 from customer360.commands.warehouse import print_report
 from customer360.embedded_db import EmbeddedDatabaseError, server_for_settings
 from customer360.errors import UserFacingError
-from customer360.generator import generate_dataset, generate_next_day
+from customer360.generator import dataset_complete, generate_dataset, generate_next_day
 from customer360.migrate import migrate
 from customer360.pipeline import SupersededFilesError, run_batch
 from customer360.services import c360_service
@@ -55,9 +55,11 @@ def run_demo(args: argparse.Namespace) -> int:
     data_dir = Path(settings.data_dir)
     next_day = data_dir / "next_day"
     with step("sample data"):
-        if not (data_dir / "customers.csv").exists():
+        # A data set cut short (Ctrl-C) is written again; the next day derives from day 1.
+        fresh = not dataset_complete(data_dir)
+        if fresh:
             generate_dataset(data_dir)
-        if not (next_day / "customers.csv").exists():
+        if fresh or not dataset_complete(next_day, next_day=True):
             generate_next_day(data_dir, next_day)
         step.note(f"{data_dir} (day 1) and {next_day} (next day)")
 

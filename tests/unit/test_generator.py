@@ -6,8 +6,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import re
+import shutil
+import subprocess
+import sys
+import time
 from collections import Counter
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from customer360 import generator
 from customer360.generator import generate_dataset, generate_next_day
 
 SCALE = {"customers": 600, "products": 300, "transactions": 4000}
@@ -372,3 +378,87 @@ def test_next_day_is_deterministic(day1: Path, day2: Path, tmp_path: Path) -> No
     generate_next_day(day1, tmp_path, seed=SEED)
     assert file_digests(tmp_path) == file_digests(day2)
     assert set(file_digests(day2)) == {*FILES, "dirty_rows.json", "changes.json"}
+
+
+def test_generated_sets_are_complete_and_leave_no_temporary_files(day1: Path, day2: Path) -> None:
+    assert sorted(path.name for path in day1.iterdir()) == sorted([*FILES, "dirty_rows.json"])
+    assert sorted(path.name for path in day2.iterdir()) == sorted(
+        [*FILES, "dirty_rows.json", "changes.json"]
+    )
+    assert generator.dataset_complete(day1)
+    assert generator.dataset_complete(day2, next_day=True)
+    assert not generator.dataset_complete(day1, next_day=True)  # no changes.json
+
+
+@pytest.mark.parametrize("missing", [*FILES, "dirty_rows.json", "changes.json"])
+def test_a_set_with_a_file_missing_is_not_complete(
+    day1: Path, day2: Path, tmp_path: Path, missing: str
+) -> None:
+    for source, next_day in ((day1, False), (day2, True)):
+        copy = shutil.copytree(source, tmp_path / source.name)
+        (copy / missing).unlink(missing_ok=True)
+        expected = missing == "changes.json" and not next_day  # day 1 has no changes.json
+        assert generator.dataset_complete(copy, next_day=next_day) is expected
+
+
+def test_an_interrupted_generation_leaves_no_cut_off_file(
+    day1: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the transactions are written, over an earlier data set in the folder."""
+    out = tmp_path / "set"
+    generate_dataset(out, seed=SEED + 1, **SCALE)
+    earlier = file_digests(out)
+    make_row = generator._TransactionFactory.make_row
+    rows_made = itertools.count(1)
+
+    def interrupted_at_row_1000(factory, number: int, loadable: bool) -> list[str]:
+        if next(rows_made) == 1000:
+            raise KeyboardInterrupt
+        return make_row(factory, number, loadable)
+
+    monkeypatch.setattr(generator._TransactionFactory, "make_row", interrupted_at_row_1000)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(out, seed=SEED, **SCALE)
+
+    now = file_digests(out)
+    # Only whole files remain: this run's customers and products, the earlier transactions;
+    # without this run's manifest the folder does not pass for a finished data set.
+    assert sorted(path.name for path in out.iterdir()) == sorted(FILES)
+    assert now["transactions.csv"] == earlier["transactions.csv"]
+    assert now["customers.csv"] == file_digests(day1)["customers.csv"]
+    assert now["products.csv"] == file_digests(day1)["products.csv"]
+    assert not generator.dataset_complete(out)
+
+
+def test_a_killed_generation_leaves_no_cut_off_file(day1: Path, tmp_path: Path) -> None:
+    """A generator killed outright (SIGKILL) part-way through a large transactions file."""
+    out = tmp_path / "set"
+    sizes = {**SCALE, "transactions": 5_000_000}
+    script = "import sys; from customer360.generator import generate_dataset; "
+    script += f"generate_dataset(sys.argv[1], seed={SEED}, **{sizes!r})"
+    package_root = Path(generator.__file__).parents[1]
+    process = subprocess.Popen([sys.executable, "-c", script, str(out)], cwd=package_root)
+    try:
+        # Killed once a megabyte of transactions is on disk, long before the five million rows.
+        deadline = time.monotonic() + 120
+        while not any(
+            "transactions.csv" in path.name and path.stat().st_size > 1_000_000
+            for path in (out.iterdir() if out.exists() else ())
+        ):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert not (out / "transactions.csv").exists()
+    assert not (out / "dirty_rows.json").exists()
+    assert not generator.dataset_complete(out)
+    # The files finished before the kill are whole: the same sizes and seed give the same bytes.
+    for name in ("customers.csv", "products.csv"):
+        assert file_digests(out)[name] == file_digests(day1)[name]
+
+    # The next run writes over what the killed one left behind.
+    generate_dataset(out, seed=SEED, **SCALE)
+    assert file_digests(out) == file_digests(day1)
+    assert generator.dataset_complete(out)
