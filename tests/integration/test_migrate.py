@@ -12,6 +12,7 @@ import pytest
 from customer360.generator import generate_dataset
 from customer360.migrate import migrate, schema_files
 from customer360.pipeline import run_batch
+from tests.database_state import fingerprints
 
 # What a re-applied file must leave as it was: the vault, the batch records and every
 # business view's rows.
@@ -31,21 +32,6 @@ KEPT_RELATIONS = (
     "business_vault.vw_order_analytics",
     "business_vault.vw_customer_history",
 )
-
-
-def fingerprints(settings) -> dict[str, tuple[int, str]]:
-    """Row count and an md5 over the sorted rows of each kept relation."""
-    conn = psycopg2.connect(settings.dsn)
-    with conn.cursor() as cur:
-        prints = {}
-        for relation in KEPT_RELATIONS:
-            cur.execute(
-                f"select count(*), md5(coalesce(string_agg(t::text, '|' order by t::text), ''))"
-                f" from {relation} as t"
-            )
-            prints[relation] = cur.fetchone()
-    conn.close()
-    return prints
 
 
 def schema_objects(settings) -> set[tuple[str, str, str]]:
@@ -92,13 +78,14 @@ def loaded_database(make_database, tmp_path):
 
 def test_every_schema_file_applies_again_over_a_loaded_warehouse(loaded_database, tmp_path):
     names = [path.name for path in schema_files()]
-    before, objects_before = fingerprints(loaded_database), schema_objects(loaded_database)
+    before = fingerprints(loaded_database, KEPT_RELATIONS)
+    objects_before = schema_objects(loaded_database)
     assert before["raw_vault.hub_order"][0] > 0
 
     applied = migrate(loaded_database, copy_of_schema(tmp_path / "sql", changed=tuple(names)))
 
     assert [(file.name, file.changed) for file in applied] == [(name, True) for name in names]
-    assert fingerprints(loaded_database) == before
+    assert fingerprints(loaded_database, KEPT_RELATIONS) == before
     assert schema_objects(loaded_database) == objects_before
 
 

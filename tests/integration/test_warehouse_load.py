@@ -27,6 +27,7 @@ from customer360.pipeline import (
 from customer360.quality import ThresholdBreachedError
 from customer360.sources import SOURCE_NAMES
 from customer360.vault import VAULT_TABLES
+from tests.database_state import fingerprints
 from tests.expected import (
     GHOST_ID,
     assert_customer_360_matches,
@@ -50,19 +51,9 @@ def vault_counts(settings) -> dict[str, int]:
     return counts
 
 
-def vault_fingerprint(settings) -> dict[str, str]:
-    """An md5 of every vault table's full content, to prove nothing changed."""
-    conn = psycopg2.connect(settings.dsn)
-    with conn.cursor() as cur:
-        prints = {}
-        for table in VAULT_TABLES:
-            cur.execute(
-                f"select md5(coalesce(string_agg(t::text, '|' order by t::text), ''))"
-                f" from raw_vault.{table} as t"
-            )
-            prints[table] = cur.fetchone()[0]
-    conn.close()
-    return prints
+def vault_fingerprint(settings) -> dict[str, tuple[int, str]]:
+    """Every vault table's row count and full content, to prove nothing changed."""
+    return fingerprints(settings, [f"raw_vault.{table}" for table in VAULT_TABLES])
 
 
 def query(settings, sql: str, params=None) -> list[tuple]:
