@@ -185,11 +185,14 @@ def _record(
             read.append(extra)
             if len(read) > MAX_RECORD_LINES:
                 raise _UnparseableError(
-                    line_number, f"a quoted field still open after {MAX_RECORD_LINES} lines", read
+                    line_number,
+                    f"a quoted field runs on for more than {MAX_RECORD_LINES} lines",
+                    read,
                 )
             yield extra
 
-    reader = csv.reader(itertools.chain([line], following()))
+    # strict: a quote the file leaves open at its end is an error, not a field up to the end.
+    reader = csv.reader(itertools.chain([line], following()), strict=True)
     try:
         record = next(reader)
     except csv.Error as exc:
@@ -213,11 +216,13 @@ def _staged_chunks(
     # Files laid out like the contract (the usual case) need no reordering, row by row.
     in_canonical_order = positions == list(range(width))
     commas = width - 1
-    source = iter(lines)
+    remaining = iter(lines)
+    # Lines to read again, before the rest of the file (see the quote left open below).
+    replay: Iterator[str] = iter(())
     buffer, writer, pending = _fresh_buffer()
     rows = 0
-    while source is not None:
-        reading, source = source, None
+    while True:
+        reading = itertools.chain(replay, remaining)
         for line in reading:
             line_number += 1
             # The usual line, passed through: plain fields in the contract's order, a Unix
@@ -236,18 +241,27 @@ def _staged_chunks(
                 first_line = line_number
                 try:
                     line_number, record, read = _record(line, reading, line_number)
+                except _UnparseableError as exc:
+                    record, read, problem = None, exc.lines, str(exc)
+                    quote_left_open = len(read) > 1
+                else:
+                    if record == "":
+                        continue  # a blank line is not a record
                     fields = record.split(",") if isinstance(record, str) else record
                     problem = ""
                     if len(fields) != width:
                         problem = f"{len(fields)} fields, the header has {width}"
-                except _UnparseableError as exc:
-                    record, read, problem = None, exc.lines, str(exc)
-                if record == "":
-                    continue  # a blank line is not a record
+                    # A quoted field whose lines look like records of their own most likely
+                    # swallowed them: its quote was left open.
+                    quote_left_open = any(
+                        '"' not in later and later.count(",") == commas for later in read[1:]
+                    )
+                    if quote_left_open and not problem:
+                        problem = "a quoted field runs over lines that look like records"
                 rows += 1
-                if problem and len(read) > 1:
-                    # Most likely a quote left open: refuse the line that opened it, and read
-                    # the lines after it again as records of their own.
+                if quote_left_open:
+                    # Refuse the line that opened the quote, and read the lines after it
+                    # again as records of their own.
                     result.rejected.append(
                         _rejection(
                             first_line,
@@ -259,7 +273,7 @@ def _staged_chunks(
                         )
                     )
                     line_number = first_line
-                    source = itertools.chain(read[1:], reading)
+                    replay = iter(read[1:] + list(replay))
                     break
                 if problem:
                     result.rejected.append(
@@ -285,6 +299,8 @@ def _staged_chunks(
             if len(pending) >= COPY_CHUNK_RECORDS:
                 yield _checked_chunk(buffer, pending, prefix, positions, result)
                 buffer, writer, pending = _fresh_buffer()
+        else:
+            break  # the whole file is read
     result.data_rows = rows
     if pending:
         yield _checked_chunk(buffer, pending, prefix, positions, result)

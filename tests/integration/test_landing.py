@@ -27,7 +27,7 @@ AWKWARD_LINES = [
     b"P5,Caf\xe9,Tools,Acme,5.00,2.50\r\n",  # line 8: Latin-1, not UTF-8
     b"P6,Nul\x00l,Tools,Acme,6.00,3.00\r\n",  # line 9: a NUL byte
     b"P7, Spaced ,Tools,,7.00,3.50\r\n",  # line 10: spaces kept, empty brand is null
-    b'P8,"never closed,Tools,Acme,8.00,4.00\r\n',  # line 11: the quote runs to the end
+    b'P8,"never closed,Tools,Acme,8.00,4.00\r\n',  # line 11: the quote is open at the end
 ]
 
 
@@ -83,7 +83,7 @@ def test_awkward_records_land_or_are_quarantined_with_their_line(
         (7, "malformed_row", {"fields": ["P4", "Short", "Tools", "Acme", "4.00"]}),
         (8, "invalid_encoding", {"fields": ["P5", "Caf\ufffd", "Tools", "Acme", "5.00", "2.50"]}),
         (9, "invalid_encoding", {"fields": ["P6", "Nul\\0l", "Tools", "Acme", "6.00", "3.00"]}),
-        (11, "malformed_row", {"fields": ["P8", f"never closed,Tools,Acme,8.00,4.00{newline}"]}),
+        (11, "malformed_row", {"fields": ["P8", '"never closed', "Tools", "Acme", "8.00", "4.00"]}),
     ]
     assert (result.data_rows, result.landed) == (8, 4)
     assert (result.sha256, result.bytes) == (hashlib.sha256(content).hexdigest(), len(content))
@@ -155,6 +155,52 @@ def test_a_quote_left_open_costs_only_its_own_line(cursor, database, tmp_path):
     assert [(line, reason) for line, reason, _ in quarantined] == [(3, "malformed_row")]
     assert quarantined[0][2] == {"fields": ["P2", '"Left open', "Tools", "Acme", "2.00", "1.00"]}
     assert (result.data_rows, result.landed) == (5, 4)
+
+
+def test_two_quotes_left_open_cost_only_their_own_lines(cursor, database, tmp_path):
+    # Read from line 2 on, the csv module alone would take lines 2-5 for one record of the
+    # right width, closing the quote at line 5.
+    path = tmp_path / "products.csv"
+    path.write_bytes(
+        HEADER
+        + b'P2,"Left open,Tools,Acme,2.00,1.00\n'  # line 2
+        + b"P3,Plain,Tools,Acme,3.00,1.50\n"  # line 3
+        + b"P4,Plain,Tools,Acme,4.00,2.00\n"  # line 4
+        + b'P5,"Also open,Tools,Acme,5.00,2.50\n'  # line 5
+        + b"P6,Plain,Tools,Acme,6.00,3.00\n"  # line 6
+    )
+    batch_id = _batch_id(cursor)
+
+    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+
+    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
+    assert landed == [(3, "P3"), (4, "P4"), (6, "P6")]
+    assert [(line, reason) for line, reason, _ in quarantined] == [
+        (2, "malformed_row"),
+        (5, "malformed_row"),
+    ]
+    assert (result.data_rows, result.landed) == (5, 3)
+
+
+def test_a_closed_quoted_field_over_two_lines_is_one_record_even_when_refused(
+    cursor, database, tmp_path
+):
+    path = tmp_path / "products.csv"
+    path.write_bytes(
+        HEADER
+        + b'P2,"Two\nlines",Tools,Acme,2.00\n'  # lines 2-3: one record, five fields
+        + b"P4,Plain,Tools,Acme,4.00,2.00\n"  # line 4
+    )
+    batch_id = _batch_id(cursor)
+
+    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+
+    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
+    assert landed == [(4, "P4")]
+    assert quarantined == [
+        (3, "malformed_row", {"fields": ["P2", "Two\nlines", "Tools", "Acme", "2.00"]})
+    ]
+    assert (result.data_rows, result.landed) == (2, 1)
 
 
 def test_a_quote_left_open_before_many_lines_does_not_swallow_them(cursor, database, tmp_path):
