@@ -121,11 +121,16 @@ def start_batch(data_dir: Path, settings: Settings | None = None, reload: bool =
     return batch_id
 
 
+# A batch that wrote to the vault, whether or not it went on to succeed (one that failed at
+# reconciliation keeps what its vault steps added).
+REACHED_THE_VAULT = "row_counts ? 'inserted'"
+
+
 def _checksums_if_loaded_before(specs, data_dir: Path, settings: Settings | None) -> dict | None:
-    """The SHA-256 of each source file, as landing records them, once any batch has loaded (a
-    first load has nothing to compare with and skips reading the files twice)."""
+    """The SHA-256 of each source file, as landing records them, once any batch has reached
+    the vault (a first load has nothing to compare with and skips reading the files twice)."""
     with transaction(settings) as cur:
-        cur.execute("select exists (select from audit.load_batch where status = 'succeeded')")
+        cur.execute(f"select exists (select from audit.load_batch where {REACHED_THE_VAULT})")
         if not cur.fetchone()[0]:
             return None
     checksums = {}
@@ -136,17 +141,17 @@ def _checksums_if_loaded_before(specs, data_dir: Path, settings: Settings | None
 
 
 def _refuse_superseded_files(cur, checksums: dict[str, str], data_dir: Path) -> None:
-    """Raise ``SupersededFilesError`` when the latest succeeded batch with these files is not
-    the latest succeeded batch."""
+    """Raise ``SupersededFilesError`` when the latest batch with these files that reached the
+    vault is not the latest batch that reached the vault."""
     same_files = " and ".join(
         f"source_files -> '{name}' ->> 'sha256' = %({name})s" for name in checksums
     )
     cur.execute(
         f"""
-        select batch_id, finished_at,
-               (select max(batch_id) from audit.load_batch where status = 'succeeded')
+        select batch_id, started_at,
+               (select max(batch_id) from audit.load_batch where {REACHED_THE_VAULT})
         from audit.load_batch
-        where status = 'succeeded' and {same_files}
+        where {REACHED_THE_VAULT} and {same_files}
         order by batch_id desc limit 1
         """,
         checksums,

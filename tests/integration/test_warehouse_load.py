@@ -542,6 +542,22 @@ def test_files_an_earlier_batch_loaded_are_refused_once_a_later_batch_loaded_oth
     assert str(price) == expected_warehouse(base).products[product_id]["unit_price"]
 
 
+def test_files_are_refused_too_after_a_later_batch_that_failed_after_its_vault_load(
+    small_database, small_data
+):
+    settings = small_database
+    base, next_day = small_data
+    run_batch(base, settings)
+    # The next day reaches the vault, then fails (as at a failed reconciliation).
+    fail_batch(load_up_to_the_vault(next_day, settings), "stopped by the test", settings)
+    before = vault_fingerprint(settings)
+
+    with pytest.raises(SupersededFilesError, match="those batch 1 loaded .* batch 2 has loaded"):
+        run_batch(base, settings)
+
+    assert vault_fingerprint(settings) == before
+
+
 def test_a_second_batch_is_refused_while_one_is_loading(small_database, small_data):
     from customer360.errors import BatchInProgressError
     from customer360.pipeline import fail_batch, start_batch
