@@ -272,7 +272,11 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def query_cancelled(request: Request, exc: psycopg.errors.QueryCanceled) -> JSONResponse:
         logger.warning("query cancelled on %s: %s", request.url.path, exc)
         timeout_ms = request.app.state.settings.api_statement_timeout_ms
-        detail = f"the query was cancelled after running longer than {timeout_ms} ms; retry shortly"
+        detail = "the query was cancelled by the database; retry shortly"
+        if "statement timeout" in str(exc):
+            detail = (
+                f"the query was cancelled after running longer than {timeout_ms} ms; retry shortly"
+            )
         return JSONResponse(
             {"detail": detail},
             status.HTTP_503_SERVICE_UNAVAILABLE,

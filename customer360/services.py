@@ -53,9 +53,12 @@ class BackgroundService:
         except (ProcessLookupError, PermissionError):
             return False
         arguments = command_line(pid)
+        if arguments is None:
+            # No /proc to read (not Linux): the live pid is all there is to go by.
+            return not Path("/proc").is_dir()
         # The interpreter is left out, as the same venv may be reached through another path;
         # a zombie's command line is empty and does not match.
-        return arguments is not None and arguments[1:] == list(self.argv[1:])
+        return arguments[1:] == list(self.argv[1:])
 
     def start(self) -> int:
         """Start the service unless it already runs; returns its pid."""
@@ -71,10 +74,10 @@ class BackgroundService:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the terminal; stopped as a process group
             )
-        # The command line reads empty until the exec is through; pid() must recognise the
-        # service as soon as start() returns.
+        # The new process's command line can read empty for a moment after Popen returns;
+        # pid() must recognise the service as soon as start() returns.
         deadline = time.monotonic() + 5
-        while not command_line(process.pid) and process.poll() is None:
+        while command_line(process.pid) == [] and process.poll() is None:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.01)

@@ -133,6 +133,8 @@ def stop_all(args: argparse.Namespace) -> int:
             if not server.is_running():
                 return False
             server.stop()
+            if server.is_running():
+                raise EmbeddedDatabaseError(f"still running in {server.pgdata} after pg_ctl stop")
             return True
 
         stop("postgresql", stop_database)
