@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from customer360.errors import UserFacingError
-from customer360.processes import command_line, group_alive, signal_group
+from customer360.processes import command_line, group_alive, port_in_use, signal_group
 from customer360.settings import PROJECT_ROOT, Settings, get_settings
 
 DAG_ID = "customer_data_pipeline"
@@ -203,7 +203,7 @@ def start(
     home = prepare_home(settings)
     pid = _running_pid(home)
     if pid is None:
-        if _port_in_use(settings.airflow_port):
+        if port_in_use("127.0.0.1", settings.airflow_port):
             raise UserFacingError(
                 f"port {settings.airflow_port} is already in use; stop what listens there or set"
                 " C360_AIRFLOW_PORT to a free port"
@@ -431,11 +431,3 @@ def _running_pid(home: Path) -> int | None:
         # The leader has gone while its group lives on; the group is still ours to stop.
         return pid
     return pid if any("airflow" in argument for argument in arguments) else None
-
-
-def _port_in_use(port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from customer360.errors import UserFacingError
-from customer360.processes import command_line, process_alive
+from customer360.processes import command_line, port_in_use, process_alive
 from customer360.settings import PROJECT_ROOT, Settings, get_settings
 
 POM_FILE = PROJECT_ROOT / "streaming" / "broker" / "pom.xml"
@@ -182,7 +181,7 @@ class KafkaBroker:
         if self.pid() is not None:
             self._wait_until_ready(time.monotonic() + timeout)
             return
-        if _port_open(self.host, self.port):
+        if port_in_use(self.host, self.port):
             raise KafkaBrokerError(
                 f"port {self.port} on {self.host} is already in use by another program"
             )
@@ -315,7 +314,7 @@ class KafkaBroker:
                 raise KafkaBrokerError(
                     f"the Kafka broker exited with code {process.returncode}: {self._log_tail()}"
                 )
-            if _port_open(self.host, self.port) and self.is_ready():
+            if port_in_use(self.host, self.port) and self.is_ready():
                 return
             time.sleep(0.5)
         raise KafkaBrokerError(
@@ -347,14 +346,6 @@ def broker_for_settings(settings: Settings | None = None) -> KafkaBroker:
     return KafkaBroker(
         home=Path(settings.work_dir) / "kafka", port=int(port), controller_port=int(port) + 1
     )
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _broker_answers(bootstrap_servers: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 from pathlib import Path
 
 
@@ -59,6 +60,15 @@ def command_line(pid: int) -> list[str] | None:
     # a zombie's command line is empty.
     text = raw.decode(errors="replace")
     return text.removesuffix("\0").split("\0") if text else []
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already accepts connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:

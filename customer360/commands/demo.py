@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ from customer360.errors import UserFacingError
 from customer360.generator import dataset_complete, generate_dataset, generate_next_day
 from customer360.migrate import migrate
 from customer360.pipeline import SupersededFilesError, run_batch
+from customer360.processes import port_in_use
 from customer360.services import c360_service
 from customer360.settings import get_settings
 
@@ -75,7 +75,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     with step("REST API"):
         api = api_service(settings)
-        if api.pid() is None and _port_taken(settings.api_host, settings.api_port):
+        if api.pid() is None and port_in_use(settings.api_host, settings.api_port):
             raise UserFacingError(
                 f"{settings.api_host}:{settings.api_port} is taken by another program (the"
                 " Compose stack?): stop it, or set C360_API_PORT to a free port"
@@ -181,13 +181,6 @@ class _Steps:
             took = time.perf_counter() - self.step_started
             detail = f": {'; '.join(self.notes)}" if self.notes else ""
             print(f"    done in {took:.1f}s{detail}", flush=True)
-
-
-def _port_taken(host: str, port: int) -> bool:
-    """Whether something already accepts connections on host:port."""
-    with socket.socket() as probe:
-        probe.settimeout(1)
-        return probe.connect_ex((host, port)) == 0
 
 
 def _wait_for_http(url: str, timeout: float, service) -> None:
