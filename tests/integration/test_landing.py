@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from customer360.landing import check_header, land_file
+from customer360.landing import LandingResult, check_header, land_file
 from customer360.settings import Settings
 from customer360.sources import load_source_specs
 
@@ -121,7 +121,13 @@ def test_a_file_in_another_column_order_lands_in_the_canonical_columns(
     assert [(r["line"], r["reason"]) for r in result.rejected] == [(4, "malformed_row")]
 
 
-def _landed_and_quarantined(cursor, batch_id: int) -> tuple[list, list]:
+def _land_products(cursor, database, tmp_path, content: bytes) -> tuple[LandingResult, list, list]:
+    """Land ``content`` as products.csv: the result, the landed (line, product_id) rows and the
+    quarantined (line, reason, raw_row) rows."""
+    path = tmp_path / "products.csv"
+    path.write_bytes(content)
+    batch_id = _batch_id(cursor)
+    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
     cursor.execute(
         "select line_number, product_id from staging.raw_products"
         " where batch_id = %s order by line_number",
@@ -133,12 +139,11 @@ def _landed_and_quarantined(cursor, batch_id: int) -> tuple[list, list]:
         " where batch_id = %s order by line_number",
         (batch_id,),
     )
-    return landed, cursor.fetchall()
+    return result, landed, cursor.fetchall()
 
 
 def test_a_quote_left_open_costs_only_its_own_line(cursor, database, tmp_path):
-    path = tmp_path / "products.csv"
-    path.write_bytes(
+    content = (
         HEADER
         + b"P1,Plain,Tools,Acme,1.00,0.50\r\n"  # line 2
         + b'P2,"Left open,Tools,Acme,2.00,1.00\r\n'  # line 3: the quote is never closed...
@@ -146,11 +151,9 @@ def test_a_quote_left_open_costs_only_its_own_line(cursor, database, tmp_path):
         + b'P4,"Quoted, properly",Tools,Acme,4.00,2.00\r\n'  # line 5: ...until this line
         + b"P5,Plain,Tools,Acme,5.00,2.50\r\n"  # line 6
     )
-    batch_id = _batch_id(cursor)
 
-    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+    result, landed, quarantined = _land_products(cursor, database, tmp_path, content)
 
-    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
     assert landed == [(2, "P1"), (4, "P3"), (5, "P4"), (6, "P5")]
     assert [(line, reason) for line, reason, _ in quarantined] == [(3, "malformed_row")]
     assert quarantined[0][2] == {"fields": ["P2", '"Left open', "Tools", "Acme", "2.00", "1.00"]}
@@ -160,8 +163,7 @@ def test_a_quote_left_open_costs_only_its_own_line(cursor, database, tmp_path):
 def test_two_quotes_left_open_cost_only_their_own_lines(cursor, database, tmp_path):
     # Read from line 2 on, the csv module alone would take lines 2-5 for one record of the
     # right width, closing the quote at line 5.
-    path = tmp_path / "products.csv"
-    path.write_bytes(
+    content = (
         HEADER
         + b'P2,"Left open,Tools,Acme,2.00,1.00\n'  # line 2
         + b"P3,Plain,Tools,Acme,3.00,1.50\n"  # line 3
@@ -169,11 +171,9 @@ def test_two_quotes_left_open_cost_only_their_own_lines(cursor, database, tmp_pa
         + b'P5,"Also open,Tools,Acme,5.00,2.50\n'  # line 5
         + b"P6,Plain,Tools,Acme,6.00,3.00\n"  # line 6
     )
-    batch_id = _batch_id(cursor)
 
-    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+    result, landed, quarantined = _land_products(cursor, database, tmp_path, content)
 
-    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
     assert landed == [(3, "P3"), (4, "P4"), (6, "P6")]
     assert [(line, reason) for line, reason, _ in quarantined] == [
         (2, "malformed_row"),
@@ -185,17 +185,14 @@ def test_two_quotes_left_open_cost_only_their_own_lines(cursor, database, tmp_pa
 def test_a_closed_quoted_field_over_two_lines_is_one_record_even_when_refused(
     cursor, database, tmp_path
 ):
-    path = tmp_path / "products.csv"
-    path.write_bytes(
+    content = (
         HEADER
         + b'P2,"Two\nlines",Tools,Acme,2.00\n'  # lines 2-3: one record, five fields
         + b"P4,Plain,Tools,Acme,4.00,2.00\n"  # line 4
     )
-    batch_id = _batch_id(cursor)
 
-    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+    result, landed, quarantined = _land_products(cursor, database, tmp_path, content)
 
-    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
     assert landed == [(4, "P4")]
     assert quarantined == [
         (3, "malformed_row", {"fields": ["P2", "Two\nlines", "Tools", "Acme", "2.00"]})
@@ -206,13 +203,10 @@ def test_a_closed_quoted_field_over_two_lines_is_one_record_even_when_refused(
 def test_a_quote_left_open_before_many_lines_does_not_swallow_them(cursor, database, tmp_path):
     # No quote follows the open one: the csv module alone would read to the end of the file.
     plain = [f"P{n},Plain,Tools,Acme,{n}.00,1.00\n".encode() for n in range(3, 253)]
-    path = tmp_path / "products.csv"
-    path.write_bytes(HEADER + b'P2,"Left open,Tools,Acme,2.00,1.00\n' + b"".join(plain))
-    batch_id = _batch_id(cursor)
+    content = HEADER + b'P2,"Left open,Tools,Acme,2.00,1.00\n' + b"".join(plain)
 
-    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+    result, landed, quarantined = _land_products(cursor, database, tmp_path, content)
 
-    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
     assert landed == [(n, f"P{n}") for n in range(3, 253)]
     assert [(line, reason) for line, reason, _ in quarantined] == [(2, "malformed_row")]
     assert (result.data_rows, result.landed) == (251, 250)
@@ -222,8 +216,7 @@ def test_a_chunk_of_only_quarantined_records_does_not_end_the_copy(
     cursor, database, tmp_path, monkeypatch
 ):
     monkeypatch.setattr("customer360.landing.COPY_CHUNK_RECORDS", 2)
-    path = tmp_path / "products.csv"
-    path.write_bytes(
+    content = (
         HEADER
         + b"P1,Caf\xe9,Tools,Acme,1.00,0.50\r\n"  # lines 2-3: Latin-1, a whole chunk
         + b"P2,Cr\xe8me,Tools,Acme,2.00,1.00\r\n"
@@ -231,11 +224,9 @@ def test_a_chunk_of_only_quarantined_records_does_not_end_the_copy(
         + b"P4,Plain,Tools,Acme,4.00,2.00\r\n"
         + b"P5,Plain,Tools,Acme,5.00,2.50\r\n"
     )
-    batch_id = _batch_id(cursor)
 
-    result = land_file(cursor, load_source_specs(database)["products"], path, batch_id)
+    result, landed, quarantined = _land_products(cursor, database, tmp_path, content)
 
-    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
     assert landed == [(4, "P3"), (5, "P4"), (6, "P5")]
     assert [(line, reason) for line, reason, _ in quarantined] == [
         (2, "invalid_encoding"),
@@ -246,14 +237,9 @@ def test_a_chunk_of_only_quarantined_records_does_not_end_the_copy(
 
 def test_a_byte_order_mark_is_not_part_of_the_header(cursor, database, tmp_path):
     content = b"\xef\xbb\xbf" + HEADER + b"P1,Plain,Tools,Acme,1.00,0.50\r\n"
-    path = tmp_path / "products.csv"
-    path.write_bytes(content)
-    spec = load_source_specs(database)["products"]
-    batch_id = _batch_id(cursor)
 
-    check_header(spec, path)
-    result = land_file(cursor, spec, path, batch_id)
+    result, landed, quarantined = _land_products(cursor, database, tmp_path, content)
 
-    landed, quarantined = _landed_and_quarantined(cursor, batch_id)
+    check_header(load_source_specs(database)["products"], tmp_path / "products.csv")
     assert (landed, quarantined) == ([(2, "P1")], [])
     assert (result.sha256, result.bytes) == (hashlib.sha256(content).hexdigest(), len(content))
