@@ -49,17 +49,19 @@ async def reject_unknown_query_parameters(request: Request) -> None:
         return
     allowed = _declared_query_parameters(request.scope.get("route"))
     seen: set[str] = set()
-    errors = []
+    # One error per parameter name, however often it is repeated.
+    errors: dict[str, dict] = {}
     for name, _ in request.query_params.multi_items():
         if name not in allowed:
-            message = f"unknown query parameter; this endpoint takes {', '.join(sorted(allowed))}"
-            errors.append({"loc": ("query", name), "msg": message, "type": "extra_forbidden"})
+            takes = ", ".join(sorted(allowed)) or "no query parameters"
+            message = f"unknown query parameter; this endpoint takes {takes}"
+            errors[name] = {"loc": ("query", name), "msg": message, "type": "extra_forbidden"}
         elif name in seen:
             message = "given more than once; it takes one value"
-            errors.append({"loc": ("query", name), "msg": message, "type": "multiple_values"})
+            errors[name] = {"loc": ("query", name), "msg": message, "type": "multiple_values"}
         seen.add(name)
     if errors:
-        raise RequestValidationError(errors)
+        raise RequestValidationError(list(errors.values()))
 
 
 _query_parameters_by_route: dict[int, frozenset[str]] = {}

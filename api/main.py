@@ -84,14 +84,18 @@ def _error_response(description: str, example: str, model: type = ErrorMessage) 
     }
 
 
-ERROR_RESPONSES = {
-    status.HTTP_401_UNAUTHORIZED: _error_response(
-        "Missing or bad credentials.", "missing API key: send it in the X-API-Key header"
-    ),
+INVALID_REQUEST_RESPONSE = {
     status.HTTP_422_UNPROCESSABLE_CONTENT: {
         "model": ValidationErrorMessage,
         "description": "A parameter is invalid.",
     },
+}
+
+ERROR_RESPONSES = {
+    status.HTTP_401_UNAUTHORIZED: _error_response(
+        "Missing or bad credentials.", "missing API key: send it in the X-API-Key header"
+    ),
+    **INVALID_REQUEST_RESPONSE,
     status.HTTP_429_TOO_MANY_REQUESTS: _error_response(
         "Rate limit exceeded; the Retry-After header says when to retry.",
         "rate limit of 6000 requests per minute exceeded; retry in 1 s",
@@ -166,15 +170,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = RequestMetrics()
 
     guard = build_guard(settings)
-    protected = {
-        "dependencies": [Depends(guard), Depends(reject_unknown_query_parameters)],
-        "responses": ERROR_RESPONSES,
-    }
+    # Every route refuses query parameters it does not take, the open probes included.
+    strict_query = Depends(reject_unknown_query_parameters)
+    protected = {"dependencies": [Depends(guard), strict_query], "responses": ERROR_RESPONSES}
     app.include_router(customers.router, **protected)
     app.include_router(orders.router, **protected)
     app.include_router(products.router, **protected)
     app.include_router(realtime.router, **protected)
-    app.include_router(health.router)
+    app.include_router(
+        health.router, dependencies=[strict_query], responses=INVALID_REQUEST_RESPONSE
+    )
 
     _add_docs(app)
     _add_error_handlers(app)

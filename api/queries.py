@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -47,6 +48,11 @@ HISTORY_COLUMNS = (
     "phone", "city", "state", "country", "signup_date", "customer_segment", "record_source",
     "hashdiff",
 )  # fmt: skip
+
+
+# The type of the money sort columns (lifetime_value, revenue) in the business views.
+MONEY_SQL_TYPE = "numeric(14,2)"
+NUMERIC_SQL_TYPE = re.compile(r"numeric\((\d+),(\d+)\)")
 
 
 class InvalidCursorError(ValueError):
@@ -87,7 +93,7 @@ CUSTOMERS = Listing(
     sort_keys={
         "customer_id": SortKey("customer_id", "text", descending=False, key_descending=False),
         "lifetime_value": SortKey(
-            "lifetime_value", "numeric", descending=True, key_descending=False
+            "lifetime_value", MONEY_SQL_TYPE, descending=True, key_descending=False
         ),
         "last_order_date": SortKey(
             "last_order_date", "date", descending=True, key_descending=False, nullable=True
@@ -113,7 +119,7 @@ PRODUCTS = Listing(
     columns=PRODUCT_COLUMNS,
     key_column="product_id",
     sort_keys={
-        "revenue": SortKey("revenue", "numeric", descending=True, key_descending=False),
+        "revenue": SortKey("revenue", MONEY_SQL_TYPE, descending=True, key_descending=False),
         "units_sold": SortKey("units_sold", "bigint", descending=True, key_descending=False),
         "product_id": SortKey("product_id", "text", descending=False, key_descending=False),
     },
@@ -229,13 +235,16 @@ def customer_filters(country: str | None, segment: str | None, search: str | Non
     if segment is not None:
         filters.add("customer_segment = %s", segment)
     if search is not None:
-        # Matches the lower(...) text_pattern_ops indexes of the 360 view; full_name covers
-        # the first name, since it starts with it. Planned per call, so that the planner sees
-        # the prefix and uses those indexes.
+        # Unicode case folding (the database's own C collation folds ASCII only); unlike
+        # lower(), it maps each character alone, so a folded prefix stays a prefix. Matches
+        # the casefold(...) text_pattern_ops indexes of the 360 view; full_name covers the
+        # first name, since it starts with it. Planned per call, so that the planner sees the
+        # prefix and uses those indexes.
         prefix = _like_prefix(search)
         filters.add(
-            "(lower(full_name) like lower(%s) or lower(last_name) like lower(%s)"
-            " or lower(email) like lower(%s))",
+            f"({_folded('full_name')} like {_folded('%s')}"
+            f" or {_folded('last_name')} like {_folded('%s')}"
+            f" or {_folded('email')} like {_folded('%s')})",
             prefix, prefix, prefix,
         )  # fmt: skip
         filters.plan_per_call = True
@@ -357,21 +366,29 @@ def decode_cursor(token: str, listing: Listing, sort: str) -> tuple[Any, str]:
         raise InvalidCursorError("cursor is not a token returned by this API") from exc
     if (name, cursor_sort) != (listing.name, sort):
         raise InvalidCursorError(f"cursor was issued for sort={cursor_sort}, not for sort={sort}")
-    if not isinstance(key, str) or "\x00" in key or not (value is None or isinstance(value, str)):
+    if not isinstance(key, str) or not (value is None or isinstance(value, str)):
         raise InvalidCursorError("cursor is not a token returned by this API")
-    if value is None:
-        return None, key
     try:
+        _check_storable_text(key)
+        if value is None:
+            return None, key
         return _parse_sort_value(value, listing.sort_keys[sort].sql_type), key
     except (ValueError, ArithmeticError) as exc:
         raise InvalidCursorError("cursor is not a token returned by this API") from exc
 
 
+def _check_storable_text(text: str) -> None:
+    """ValueError unless PostgreSQL text can hold ``text``: no NUL, and UTF-8 encodable."""
+    if "\x00" in text:
+        raise ValueError("NUL in text")
+    # JSON may carry a lone surrogate ("\ud800"), which no UTF-8 text can hold.
+    text.encode("utf-8")
+
+
 def _parse_sort_value(text: str, sql_type: str) -> Any:
     """The cursor's sort value as the Python type of its column, checked to fit it."""
     if sql_type == "text":
-        if "\x00" in text:
-            raise ValueError("NUL in text")
+        _check_storable_text(text)
         return text
     if sql_type == "date":
         return date.fromisoformat(text)
@@ -385,8 +402,16 @@ def _parse_sort_value(text: str, sql_type: str) -> Any:
         if not -(2**63) <= number < 2**63:
             raise ValueError("out of range")
         return number
+    numeric = NUMERIC_SQL_TYPE.fullmatch(sql_type)
+    if numeric is None:
+        raise TypeError(f"no cursor parser for sort columns of type {sql_type}")
+    precision, scale = int(numeric[1]), int(numeric[2])
     number = Decimal(text)
-    if not number.is_finite() or abs(number) >= Decimal("1e15"):
+    # The column's own bounds: values it could hold, and nothing PostgreSQL's numeric input
+    # refuses (such as 1E-999999, which Decimal takes).
+    if not number.is_finite() or number.as_tuple().exponent < -scale:
+        raise ValueError("more decimals than the column has")
+    if number.adjusted() >= precision - scale:
         raise ValueError("out of range")
     return number
 
@@ -441,6 +466,11 @@ def _cursor_params(sort_key: SortKey, key_column: str, value: Any, key: str) -> 
 
 def _where(conditions: tuple[str, ...]) -> str:
     return " where " + " and ".join(conditions) if conditions else ""
+
+
+def _folded(operand: str) -> str:
+    """``operand`` case-folded by Unicode rules, as the search prefix indexes hold it."""
+    return f"casefold({operand} collate pg_unicode_fast)"
 
 
 def _like_prefix(text: str) -> str:

@@ -321,12 +321,17 @@ create index mv_customer_360_country_idx
     on business_vault.mv_customer_360 (country, customer_id);
 create index mv_customer_360_segment_idx
     on business_vault.mv_customer_360 (customer_segment, customer_id);
+-- The API's case-insensitive prefix search: Unicode case folding (the C collation of the
+-- database folds ASCII only); text_pattern_ops lets LIKE 'prefix%' use them under any collation.
 create index mv_customer_360_email_prefix_idx
-    on business_vault.mv_customer_360 (lower(email) text_pattern_ops);
+    on business_vault.mv_customer_360
+    (casefold(email collate pg_unicode_fast) text_pattern_ops);
 create index mv_customer_360_name_prefix_idx
-    on business_vault.mv_customer_360 (lower(full_name) text_pattern_ops);
+    on business_vault.mv_customer_360
+    (casefold(full_name collate pg_unicode_fast) text_pattern_ops);
 create index mv_customer_360_last_name_prefix_idx
-    on business_vault.mv_customer_360 (lower(last_name) text_pattern_ops);
+    on business_vault.mv_customer_360
+    (casefold(last_name collate pg_unicode_fast) text_pattern_ops);
 
 -- Product performance: units, revenue and margin (at current cost) from revenue orders.
 create materialized view business_vault.mv_product_analytics as

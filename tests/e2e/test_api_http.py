@@ -6,6 +6,8 @@ not from the API's own query module.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -74,6 +76,11 @@ def from_json(name: str, value: Any) -> Any:
     if name in DATETIME_FIELDS and value is not None:
         return datetime.fromisoformat(value).astimezone(UTC)
     return value
+
+
+def cursor_token(payload: list) -> str:
+    """A cursor built by hand, the way the API encodes its own."""
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
 
 def assert_same_record(api_record: dict, sql_record: dict) -> None:
@@ -265,6 +272,33 @@ def test_customer_filters_match_independent_sql(client: httpx.Client, dict_curso
 def test_search_treats_like_wildcards_literally(client: httpx.Client) -> None:
     page = client.get("/customers", params={"search": "%"}).json()
     assert page["total"] == 0 and page["items"] == []
+
+
+def test_search_folds_case_beyond_ascii(client: httpx.Client, dict_cursor) -> None:
+    customers = query(
+        dict_cursor,
+        "select customer_id, full_name, last_name, email from business_vault.vw_customer_360",
+    )
+    # The commonest first name starting with a cased letter outside ASCII (Łukasz, Åsa, ...).
+    first_names = [
+        row["full_name"].split()[0]
+        for row in customers
+        if not row["full_name"][0].isascii() and row["full_name"][0].lower() != row["full_name"][0]
+    ]
+    first_name = max(sorted(set(first_names)), key=first_names.count)
+    expected_ids = sorted(
+        row["customer_id"]
+        for row in customers
+        if any(
+            row[column].casefold().startswith(first_name.casefold())
+            for column in ("full_name", "last_name", "email")
+        )
+    )
+    assert expected_ids
+    for search in (first_name, first_name.upper(), first_name.lower()):
+        page = client.get("/customers", params={"search": search, "limit": 1000}).json()
+        assert page["total"] == len(expected_ids), search
+        assert [item["customer_id"] for item in page["items"]] == expected_ids[:1000], search
 
 
 def test_customer_profile_matches_the_view(client: httpx.Client, dict_cursor) -> None:
@@ -586,6 +620,11 @@ def test_orders_of_unknown_customers_have_null_customer(client: httpx.Client, di
         ("/orders", {"status": "lost"}, "query.status"),
         ("/products", {"sort": "price"}, "query.sort"),
         ("/realtime/metrics", {"minutes": 0}, "query.minutes"),
+        ("/customers", {"segement": "Corporate"}, "query.segement"),
+        ("/customers", {"limit": ["5", "6"]}, "query.limit"),
+        ("/health", {"x": "1"}, "query.x"),
+        ("/ready", {"x": ["1", "2"]}, "query.x"),
+        ("/metrics", {"x": "1"}, "query.x"),
     ],
 )
 def test_invalid_input_is_422_with_a_clear_message(
@@ -596,6 +635,40 @@ def test_invalid_input_is_422_with_a_clear_message(
     body = response.json()
     assert body["detail"].startswith("invalid request: ")
     assert location in [error["location"] for error in body["errors"]]
+
+
+def test_each_refused_parameter_is_named_once(client: httpx.Client) -> None:
+    for path, params in [
+        ("/ready", {"x": ["1", "2", "3"]}),
+        ("/customers", {"limit": ["1", "2", "3"]}),
+    ]:
+        response = client.get(path, params=params)
+        assert response.status_code == 422, path
+        name = next(iter(params))
+        assert [error["location"] for error in response.json()["errors"]] == [f"query.{name}"]
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "payload"),
+    [
+        # Decodes, but PostgreSQL could not take it: a lone surrogate in the key, numbers
+        # beyond the numeric(14,2) money columns.
+        ("/customers", {}, ["customers", "customer_id", None, "\ud800"]),
+        ("/orders", {}, ["orders", "transaction_ts", "2024-01-01T00:00:00+00:00", "\ud800"]),
+        (
+            "/customers",
+            {"sort": "lifetime_value"},
+            ["customers", "lifetime_value", "1E-999999", "C000001"],
+        ),
+        ("/products", {"sort": "revenue"}, ["products", "revenue", "1E+14", "P00001"]),
+    ],
+)
+def test_a_forged_cursor_is_422_not_a_server_error(
+    client: httpx.Client, path: str, params: dict, payload: list
+) -> None:
+    response = client.get(path, params={**params, "cursor": cursor_token(payload)})
+    assert response.status_code == 422
+    assert [error["location"] for error in response.json()["errors"]] == ["query.cursor"]
 
 
 def test_a_cursor_only_fits_its_own_sort(client: httpx.Client) -> None:

@@ -91,11 +91,66 @@ def token(payload: list) -> str:
         token(["customers", "lifetime_value", "1e400", "C000001"]),
         token(["customers", "last_order_date", "2024-02-30", "C000001"]),
         token(["customers", "lifetime_value", 12, "C000001"]),
+        # Fits Python's Decimal, not PostgreSQL's numeric, nor the numeric(14,2) column.
+        token(["customers", "lifetime_value", "1E-999999", "C000001"]),
+        token(["customers", "lifetime_value", "0.001", "C000001"]),
+        token(["customers", "lifetime_value", "1000000000000", "C000001"]),
+        # A lone surrogate: valid JSON, but no UTF-8 text PostgreSQL could compare with.
+        token(["customers", "lifetime_value", "10.00", "\ud800"]),
     ],
 )
 def test_foreign_or_forged_cursors_are_refused(bad_token: str) -> None:
     with pytest.raises(queries.InvalidCursorError):
         queries.decode_cursor(bad_token, queries.CUSTOMERS, "lifetime_value")
+
+
+@pytest.mark.parametrize(
+    ("listing_name", "sort", "payload"),
+    [
+        ("customers", "customer_id", ["customers", "customer_id", None, "\ud800"]),
+        ("customers", "customer_id", ["customers", "customer_id", "\udfff", "C1"]),
+        ("products", "product_id", ["products", "product_id", None, "P\ud800"]),
+        ("orders", "transaction_ts", ["orders", "transaction_ts", "2024-01-01T00:00Z", "\ud800"]),
+    ],
+)
+def test_cursors_with_text_postgresql_cannot_hold_are_refused(
+    listing_name: str, sort: str, payload: list
+) -> None:
+    with pytest.raises(queries.InvalidCursorError):
+        queries.decode_cursor(token(payload), queries.LISTINGS[listing_name], sort)
+
+
+def first_page_after(settings: Settings, listing_name: str, sort: str, cursor: str) -> list[str]:
+    """The keys of the page ``fetch_page`` returns for ``cursor``."""
+    listing = queries.LISTINGS[listing_name]
+
+    async def fetch() -> list[str]:
+        conn = await psycopg.AsyncConnection.connect(
+            settings.dsn, autocommit=True, row_factory=dict_row
+        )
+        async with conn:
+            page = await queries.fetch_page(
+                conn, listing, queries.Filters(), sort=sort, skip=0, limit=5, cursor=cursor
+            )
+            return [row[listing.key_column] for row in page.items]
+
+    return asyncio.run(fetch())
+
+
+@pytest.mark.parametrize("value", ["999999999999.99", "-999999999999.99", "0.01", "-0", "7"])
+def test_money_cursors_at_the_column_bounds_are_accepted(
+    loaded_warehouse: Settings, db_cursor, value: str
+) -> None:
+    # numeric(14,2) holds up to 12 integer digits and 2 decimals: such values must run.
+    cursor = token(["customers", "lifetime_value", value, "C000001"])
+    db_cursor.execute(
+        "select customer_id from business_vault.vw_customer_360"
+        " where lifetime_value < %s::numeric or (lifetime_value = %s::numeric"
+        " and customer_id > 'C000001') order by lifetime_value desc, customer_id limit 5",
+        (value, value),
+    )
+    expected = [row[0] for row in db_cursor.fetchall()]
+    assert first_page_after(loaded_warehouse, "customers", "lifetime_value", cursor) == expected
 
 
 def test_cursor_round_trip_keeps_the_sort_value() -> None:
@@ -133,3 +188,47 @@ def test_search_prefix_escapes_like_wildcards(loaded_warehouse: Settings, db_cur
         " or left(last_name, 1) = '_' or left(email, 1) = '_'"
     )
     assert asyncio.run(count()) == db_cursor.fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    ("stored", "search", "matches"),
+    [
+        ("Łukasz Müller", "łukasz", True),
+        ("łukasz müller", "ŁUKASZ MÜ", True),
+        ("Jürgen Straße", "JÜRGEN STRASSE", True),
+        # Lower-casing would end the prefix in a final sigma; case folding does not.
+        ("ΟΔΥΣΣΕΑΣ ΠΑΠΠΑΣ", "Οδυσ", True),
+        ("Zoë Åberg", "ZOË Å", True),
+        ("Zoë Åberg", "zoe", False),
+        ("Łukasz Müller", "l", False),
+    ],
+)
+def test_search_compares_by_unicode_case_folding(
+    db_cursor, stored: str, search: str, matches: bool
+) -> None:
+    filters = queries.customer_filters(None, None, search)
+    db_cursor.execute(
+        "select count(*) from (values (%s, %s, %s)) as customer(full_name, last_name, email)"
+        f" where {' and '.join(filters.conditions)}",
+        [stored, "-", "-", *filters.params],
+    )
+    assert db_cursor.fetchone()[0] == (1 if matches else 0)
+
+
+def test_search_is_an_index_scan_on_the_prefix_indexes(loaded_warehouse: Settings) -> None:
+    filters = queries.customer_filters(None, None, "Łuk")
+    statement = queries.count_statement("customers", tuple(filters.conditions))
+    with psycopg.connect(loaded_warehouse.dsn, autocommit=True) as conn:
+        # With sequential scans priced out, the plan shows whether the indexes can serve the
+        # prefix at all, whatever the planner would choose on this data.
+        conn.execute("set enable_seqscan = off")
+        plan = "\n".join(
+            row[0] for row in conn.execute(f"explain {statement}", filters.params, prepare=False)
+        )
+    for index in (
+        "mv_customer_360_name_prefix_idx",
+        "mv_customer_360_last_name_prefix_idx",
+        "mv_customer_360_email_prefix_idx",
+    ):
+        assert f"Index Scan on {index}" in plan, plan
+    assert "Seq Scan" not in plan, plan
