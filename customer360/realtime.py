@@ -29,12 +29,14 @@ MAX_METRIC_MINUTES = 24 * 60
 def customer_activity(conn_or_cursor: Any, customer_id: str) -> dict | None:
     """The customer's real-time activity, or None when the stream has not seen them.
 
-    Accepts a psycopg2 connection or cursor (or a psycopg 3 one). The result holds the
-    counts by event type, ``total_events``, ``cart_value`` and ``purchased_value`` (strings,
-    two decimals), and ``first_event_ts``, ``last_event_ts``, ``last_purchase_ts``,
-    ``updated_at`` (ISO-8601 or None).
+    ``customer_id`` is compared as the warehouse keys customers (trimmed, upper-cased), so
+    ``c000042`` finds ``C000042``, the id the result carries. Accepts a psycopg2 connection or
+    cursor (or a psycopg 3 one). The result holds the counts by event type, ``total_events``,
+    ``cart_value`` and ``purchased_value`` (strings, two decimals), and ``first_event_ts``,
+    ``last_event_ts``, ``last_purchase_ts``, ``updated_at`` (ISO-8601 or None).
     """
     columns = (
+        "customer_id",
         *ACTIVITY_COUNTERS,
         "total_events",
         "cart_value",
@@ -49,7 +51,7 @@ def customer_activity(conn_or_cursor: Any, customer_id: str) -> dict | None:
         f"""
         select {", ".join(columns)}
         from public.customer_activity
-        where customer_id = %s
+        where customer_id = raw_vault.normalise_key(%s)
         """,
         (customer_id,),
     )
@@ -57,7 +59,7 @@ def customer_activity(conn_or_cursor: Any, customer_id: str) -> dict | None:
         return None
     activity = dict(zip(columns, rows[0], strict=True))
     return {
-        "customer_id": customer_id,
+        "customer_id": activity["customer_id"],
         "events_by_type": {name: int(activity[name]) for name in ACTIVITY_COUNTERS},
         "total_events": int(activity["total_events"]),
         "cart_value": _money(activity["cart_value"]),

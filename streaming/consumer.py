@@ -8,7 +8,9 @@ Exactly-once effect: Kafka's auto-commit is off. Each batch's aggregates and the
 of each of its partitions are written in one PostgreSQL transaction (``streaming.sink``), and
 a consumer assigned a partition seeks to the offset stored there. A crash before the commit
 leaves neither; after it, both. Invalid records go to the dead-letter topic, acknowledged by
-the broker before the transaction that covers them commits, and to ``failed_events``.
+the broker before the transaction that covers them commits, and to ``failed_events``. Should
+the broker not acknowledge one, the batch is not committed and the consumer exits 1: a
+restarted one reads the batch again.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from customer360.db import DatabaseUnavailableError, connect
 from customer360.errors import UserFacingError
 from customer360.settings import Settings, get_settings
 from streaming.aggregate import aggregate
-from streaming.events import ClickEvent, InvalidEvent, parse_event
+from streaming.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, parse_event
 from streaming.producer import (
     BOOTSTRAP_TIMEOUT_MS,
     DLQ_PARTITIONS,
     TOPIC_PARTITIONS,
+    Deliveries,
     bootstrap_servers,
     broker_unavailable,
     configure_logging,
@@ -56,6 +59,15 @@ FETCH_TUNING = {
     "fetch_max_wait_ms": 100,
     "receive_buffer_bytes": 4 * 1024 * 1024,
 }
+
+# A dead-letter copy keeps at most this much of the record's key and of its value, so that it
+# fits the topic's record limit (1 MB by default) however large the record was: a copy the
+# broker refuses would stop the consumer at that record for good. failed_events keeps it whole.
+DEAD_LETTER_MAX_PART_BYTES = MAX_EVENT_BYTES
+
+
+class DeadLetterError(UserFacingError):
+    """The broker did not acknowledge a batch's dead-letter copies; the batch must not commit."""
 
 
 @dataclass(frozen=True)
@@ -251,27 +263,42 @@ class ClickstreamConsumer:
             self.pending = PendingBatch()
             self._seek_to_stored(list(self.stored))
             return
+        except BaseException:
+            # What was read after a batch that did not commit must not commit either (its
+            # offsets would skip that batch), not even from the rebalance hook of close().
+            self.pending = PendingBatch()
+            raise
         self.stats.records += batch.records
         self.stats.valid += len(batch.events)
         self.stats.failed += len(batch.failed)
         self.stats.batches += 1
 
     def _send_to_dlq(self, failed: list[FailedRecord]) -> None:
-        for record in failed:
-            self.dlq_producer.send(
-                self.options.dlq_topic,
-                key=record.key,
-                value=record.payload,
-                headers=[
-                    ("reason", record.reason.encode()),
-                    ("source_topic", record.topic.encode()),
-                    ("source_partition", str(record.partition).encode()),
-                    ("source_offset", str(record.offset).encode()),
-                ],
-            )
-        # Durable before the offsets that cover these records commit: a crash between the two
-        # re-sends them (at-least-once on the DLQ topic) but never loses one.
-        self.dlq_producer.flush()
+        """Copy the records to the dead-letter topic; raise unless the broker took every copy.
+
+        Acknowledged before the offsets that cover these records commit: a crash between the
+        two re-sends them (at-least-once on the DLQ topic) but never loses one.
+        """
+        topic = self.options.dlq_topic
+        deliveries = Deliveries()
+        try:
+            for record in failed:
+                key, value, headers = dead_letter_copy(record)
+                deliveries.track(
+                    self.dlq_producer.send(topic, key=key, value=value, headers=headers)
+                )
+        except KafkaError as exc:
+            raise DeadLetterError(
+                f"the dead-letter producer for {topic} refused a record ({exc}); the batch was"
+                " not committed, and a restarted consumer resumes from the stored offsets"
+            ) from exc
+        deliveries.wait(self.dlq_producer)
+        if deliveries.failed:
+            raise DeadLetterError(
+                f"the broker did not acknowledge every dead-letter record for {topic}:"
+                f" {deliveries.describe_failure()}; the batch was not committed, and a"
+                " restarted consumer resumes from the stored offsets"
+            ) from deliveries.first_error
 
     def _seek_to_stored(self, partitions: list[PartitionKey]) -> None:
         """Position each partition at its stored offset (the beginning when none is stored)."""
@@ -363,6 +390,30 @@ class _RebalanceListener(ConsumerRebalanceListener):
         self.owner.on_lost(_keys(lost))
 
 
+def dead_letter_copy(
+    record: FailedRecord,
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """The key, value and headers of a record's dead-letter copy.
+
+    Headers say why the record failed and where it came from. A key or value longer than
+    ``DEAD_LETTER_MAX_PART_BYTES`` is cut to that length, and a header gives its full length.
+    """
+    headers = [
+        ("reason", record.reason.encode()),
+        ("source_topic", record.topic.encode()),
+        ("source_partition", str(record.partition).encode()),
+        ("source_offset", str(record.offset).encode()),
+    ]
+    key, value = record.key, record.payload
+    if key is not None and len(key) > DEAD_LETTER_MAX_PART_BYTES:
+        headers.append(("original_key_bytes", str(len(key)).encode()))
+        key = key[:DEAD_LETTER_MAX_PART_BYTES]
+    if value is not None and len(value) > DEAD_LETTER_MAX_PART_BYTES:
+        headers.append(("original_value_bytes", str(len(value)).encode()))
+        value = value[:DEAD_LETTER_MAX_PART_BYTES]
+    return key, value, headers
+
+
 def _keys(partitions: set[TopicPartition]) -> list[PartitionKey]:
     return sorted((partition.topic, partition.partition) for partition in partitions)
 
@@ -432,8 +483,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, consumer.request_stop)
     try:
         stats = consumer.run()
-    except psycopg2.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection lost"
+    except (KafkaError, psycopg2.OperationalError) as exc:
+        # poll() re-raises what a rebalance hook raised (hooks write the batch read so far)
+        # as the cause of a KafkaError.
+        cause = exc.__cause__ if isinstance(exc, KafkaError) else exc
+        if isinstance(cause, UserFacingError):
+            raise UserFacingError(str(cause)) from exc
+        if not isinstance(cause, psycopg2.OperationalError):
+            raise
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else "connection lost"
         raise UserFacingError(
             f"lost the connection to PostgreSQL ({reason}); the current batch was not"
             " committed, and a restarted consumer resumes from the stored offsets"

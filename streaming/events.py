@@ -1,6 +1,7 @@
 """The clickstream event schema and its validation: pure functions, no I/O.
 
-An event is one JSON object per Kafka record, keyed by ``customer_id``::
+An event is one JSON object per Kafka record, keyed by its ``customer_id`` trimmed and
+upper-cased (``event_key``), the form the consumer counts it under::
 
     {"schema_version": 1, "event_id": "<uuid>", "event_type": "add_to_cart",
      "customer_id": "C000042", "product_id": "P00017", "session_id": "<uuid>",
@@ -118,7 +119,7 @@ def validate_event(payload: dict) -> ClickEvent | InvalidEvent:
     if not isinstance(event_type, str) or event_type not in _EVENT_TYPE_SET:
         return InvalidEvent(f"unknown event_type: {_quote.repr(event_type)}")
 
-    customer_id = _business_key(payload["customer_id"])
+    customer_id = business_key(payload["customer_id"])
     if customer_id is None:
         return InvalidEvent(f"customer_id must be {IDENTIFIER_RULE}")
     if not _is_identifier(payload["session_id"]):
@@ -134,7 +135,7 @@ def validate_event(payload: dict) -> ClickEvent | InvalidEvent:
 
     product_id = get("product_id")
     if product_id is not None:
-        product_id = _business_key(product_id)
+        product_id = business_key(product_id)
         if product_id is None:
             return InvalidEvent(f"product_id must be {IDENTIFIER_RULE}")
     if product_id is None and event_type in PRODUCT_EVENT_TYPES:
@@ -208,12 +209,23 @@ def _is_identifier(value: object) -> bool:
     )
 
 
-def _business_key(value: object) -> str | None:
+def business_key(value: object) -> str | None:
     """A customer or product id as the warehouse stores it (raw_vault.normalise_key: trimmed,
     upper-case), so that activity joins the customer's profile; None if it is no identifier."""
     if not _is_identifier(value):
         return None
     return value.strip(" \t\r\n").upper() or None
+
+
+def event_key(event: dict) -> bytes | None:
+    """The Kafka key of an event: its customer id as the consumer counts it.
+
+    ``c000042`` and ``C000042`` are one customer, so they must share a partition for that
+    customer's events to apply in the order they were sent. None when the event names no valid
+    customer: it goes to the dead-letter topic, and there is no order to keep.
+    """
+    customer_id = business_key(event.get("customer_id"))
+    return None if customer_id is None else customer_id.encode()
 
 
 def _is_uuid(value: object) -> bool:

@@ -2,8 +2,9 @@
 
 Run it as ``c360 stream produce`` or ``python streaming/producer.py``. By default it sends a
 burst of 10,000 events and exits; ``--rate`` paces it, ``--duration`` bounds it in time.
-Each event is JSON, keyed by ``customer_id`` so that one customer's events stay in order on
-one partition; the producer is idempotent with ``acks=all``.
+Each event is JSON, keyed by its ``customer_id`` trimmed and upper-cased (the form the consumer
+counts it under) so that one customer's events stay in order on one partition; the producer is
+idempotent with ``acks=all``, and a run that the broker does not fully acknowledge fails.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import random
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -24,11 +26,12 @@ import psycopg2.errors
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata
 
 from customer360.db import DatabaseUnavailableError, connect
 from customer360.errors import UserFacingError
 from customer360.settings import Settings, get_settings
-from streaming.events import SCHEMA_VERSION, format_timestamp
+from streaming.events import SCHEMA_VERSION, event_key, format_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ DLQ_PARTITIONS = 1
 GHOST_KEY = "-1"
 # How long a client waits for the first broker answer before the command gives up.
 BOOTSTRAP_TIMEOUT_MS = 10_000
+# The producer answers every send within its delivery_timeout_ms; this much more is allowed.
+ACKNOWLEDGEMENT_GRACE_SECONDS = 10
 
 # Throughput settings: bigger batches and a short linger amortise the per-request cost.
 PRODUCER_TUNING = {
@@ -246,6 +251,60 @@ def encode_event(event: dict) -> bytes:
     return orjson.dumps(event)
 
 
+class Deliveries:
+    """Records handed to a producer, and whether the broker acknowledged each of them.
+
+    kafka-python's ``flush()`` returns normally when sends fail: only each send's future says
+    whether the broker took the record.
+    """
+
+    def __init__(self) -> None:
+        self.pending: deque[FutureRecordMetadata] = deque()
+        self.acknowledged = 0
+        self.failed = 0
+        self.first_error: Exception | None = None
+
+    @property
+    def sent(self) -> int:
+        """Sends followed so far, answered or not."""
+        return self.acknowledged + self.failed + len(self.pending)
+
+    def track(self, future: FutureRecordMetadata) -> None:
+        """Follow one send."""
+        self.pending.append(future)
+        # Settle the answered sends as they come, so an endless run holds only those in flight.
+        while self.pending and self.pending[0].is_done:
+            self._settle(self.pending.popleft(), timeout=0)
+
+    def wait(self, producer: KafkaProducer) -> None:
+        """Flush the producer, then settle every send (bounded by its ``delivery_timeout_ms``)."""
+        deadline = (
+            time.monotonic()
+            + producer.config["delivery_timeout_ms"] / 1000
+            + ACKNOWLEDGEMENT_GRACE_SECONDS
+        )
+        # kafka-python 3.0's flush() raises when a batch it waits for is split (the broker found
+        # it too large), yet each record's future still gets its answer.
+        with suppress(KafkaError):
+            producer.flush()
+        while self.pending:
+            self._settle(self.pending.popleft(), timeout=max(0.0, deadline - time.monotonic()))
+
+    def _settle(self, future: FutureRecordMetadata, timeout: float) -> None:
+        try:
+            future.get(timeout=timeout)
+        except KafkaError as exc:
+            self.failed += 1
+            self.first_error = self.first_error or exc
+        else:
+            self.acknowledged += 1
+
+    def describe_failure(self) -> str:
+        """How many sends failed, and why the first one did."""
+        error = self.first_error
+        return f"{self.failed} of {self.sent} were refused ({type(error).__name__}: {error})"
+
+
 @dataclass
 class ProduceReport:
     sent: int
@@ -270,34 +329,50 @@ def send_events(
     """Send events (stamping ``event_ts`` when it is missing) until count or duration is reached.
 
     ``rate`` paces the sends (events per second); ``on_sent(event, future)`` sees each send.
-    Returns once every event is acknowledged by the broker.
+    Returns once every event is acknowledged by the broker; raises ``UserFacingError`` when
+    some were not, or when the producer stopped taking them.
     """
     started = time.monotonic()
-    sent = 0
+    deliveries = Deliveries()
+    stopped_by: KafkaError | None = None
     for event in events:
-        if count is not None and sent >= count:
+        if count is not None and deliveries.sent >= count:
             break
         elapsed = time.monotonic() - started
         if duration is not None and elapsed >= duration:
             break
         if rate:
             # Keep to the schedule rather than sleeping a fixed gap, so rate errors do not add up.
-            ahead = sent / rate - elapsed
+            ahead = deliveries.sent / rate - elapsed
             if ahead > 0:
                 time.sleep(ahead)
         if "event_ts" not in event:
             event["event_ts"] = format_timestamp(clock())
-        future = producer.send(
-            topic, key=str(event["customer_id"]).encode(), value=encode_event(event)
-        )
+        try:
+            future = producer.send(topic, key=event_key(event), value=encode_event(event))
+        except KafkaError as exc:
+            # Refused outright (no topic metadata in time, the buffer full, a record over
+            # max_request_size): end the run and report how far it got, rather than block on
+            # each event left.
+            stopped_by = exc
+            break
+        deliveries.track(future)
         if on_sent is not None:
             on_sent(event, future)
-        sent += 1
-    try:
-        producer.flush()
-    except KafkaError as exc:
-        raise UserFacingError(f"the broker did not acknowledge every event: {exc}") from exc
-    return ProduceReport(sent=sent, seconds=time.monotonic() - started, topic=topic)
+    deliveries.wait(producer)
+    if stopped_by is not None:
+        raise UserFacingError(
+            f"the producer stopped taking events after {deliveries.sent} ({stopped_by});"
+            f" the broker acknowledged {deliveries.acknowledged} of them"
+        ) from stopped_by
+    if deliveries.failed:
+        raise UserFacingError(
+            f"the broker did not acknowledge every event sent to {topic}:"
+            f" {deliveries.describe_failure()}"
+        ) from deliveries.first_error
+    return ProduceReport(
+        sent=deliveries.acknowledged, seconds=time.monotonic() - started, topic=topic
+    )
 
 
 def produce(

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.admin import ConfigResource
 from kafka_fixtures import kafka_bootstrap  # noqa: F401  (the session's broker)
 
 from customer360 import realtime
@@ -194,6 +195,48 @@ def _query(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
             return cur.fetchall()
     finally:
         conn.close()
+
+
+def create_topic(settings: Settings, topic: str, partitions: int, configs: dict) -> None:
+    """A topic with its own configuration (the jobs create theirs with the broker's defaults)."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        admin.create_topics(
+            {topic: {"num_partitions": partitions, "replication_factor": 1, "configs": configs}},
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+
+
+def dead_letters(stream: Stream) -> list[tuple[tuple[int, int], bytes, dict[str, str]]]:
+    """Every record of the dead-letter topic: source (partition, offset), value and headers."""
+    dlq = KafkaConsumer(
+        stream.dlq_topic,
+        bootstrap_servers=stream.settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=5000,
+    )
+    records = []
+    for record in dlq:
+        headers = {name: value.decode() for name, value in record.headers}
+        assert headers["source_topic"] == stream.topic
+        source = (int(headers["source_partition"]), int(headers["source_offset"]))
+        records.append((source, record.value, headers))
+    dlq.close()
+    return records
+
+
+def failed_payloads(stream: Stream) -> dict[tuple[int, int], bytes]:
+    """The payload of each row of failed_events, by source (partition, offset)."""
+    rows = _query(
+        stream.settings,
+        "select source_partition, source_offset, payload from public.failed_events"
+        " where source_topic = %s",
+        (stream.topic,),
+    )
+    return {(partition, offset): bytes(payload) for partition, offset, payload in rows}
 
 
 def committed(stream: Stream) -> int:
@@ -522,25 +565,181 @@ def test_malformed_events_go_to_dlq_and_failed_events(stream: Stream, catalog: C
         assert topic == stream.topic and bytes(payload) == raw and key == "bad"
         assert reason.startswith(expected_reason), (reason, expected_reason)
 
-    dlq = KafkaConsumer(
-        stream.dlq_topic,
-        bootstrap_servers=stream.settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        consumer_timeout_ms=5000,
-    )
-    dead_letters = {}
-    for record in dlq:
-        headers = {name: value.decode() for name, value in record.headers}
-        assert headers["source_topic"] == stream.topic
-        dead_letters[(int(headers["source_partition"]), int(headers["source_offset"]))] = (
-            record.value,
-            headers["reason"],
-        )
-    dlq.close()
-    assert {key: raw for key, (raw, _) in dead_letters.items()} == {
+    assert {source: value for source, value, _ in dead_letters(stream)} == {
         key: raw for key, (raw, _) in sent_bad.items()
     }
+
+
+def test_an_invalid_record_too_large_to_copy_whole_reaches_the_dlq_cut_short(
+    stream: Stream, catalog: Catalog
+) -> None:
+    # The record fits the dead-letter topic's limit; its copy, with the reason and source
+    # headers added, would not.
+    dlq_limit = 200_000
+    create_topic(stream.settings, stream.dlq_topic, 1, {"max.message.bytes": str(dlq_limit)})
+    oversized = b"x" * (dlq_limit - 50)
+    # Invalid records after it in the same partition, which a wedged producer would lose too.
+    later = [b"{not json %d" % number for number in range(3)]
+    producer = create_producer(stream.settings)
+    sent_bad = {}
+    for raw in [oversized, *later]:
+        record = producer.send(stream.topic, partition=0, key=b"bad", value=raw).get(timeout=30)
+        sent_bad[(record.partition, record.offset)] = raw
+    producer.close()
+    valid = stamped_sessions(catalog, 300, seed=71, start=datetime(2026, 3, 2, 14, tzinfo=UTC))
+    send(stream, valid)
+    total = len(sent_bad) + len(valid)
+
+    consumer = stream.consumer()
+    wait_until(lambda: committed(stream) == total, "every record written", stream)
+    assert consumer.stop() == 0
+    assert_exact_totals(stream, valid)
+    # failed_events keeps each record whole.
+    assert failed_payloads(stream) == sent_bad
+
+    letters = dead_letters(stream)
+    assert sorted(source for source, _, _ in letters) == sorted(sent_bad)
+    for source, value, headers in letters:
+        raw = sent_bad[source]
+        if raw is oversized:
+            # Its first 64 KB, and how long it was.
+            assert value == raw[: 64 * 1024]
+            assert headers["original_value_bytes"] == str(len(raw))
+            assert headers["reason"] == f"record of {len(raw)} bytes exceeds {64 * 1024}"
+        else:
+            assert value == raw and "original_value_bytes" not in headers
+            assert headers["reason"].startswith("bad JSON")
+
+
+def test_a_dead_letter_copy_the_broker_refuses_stops_the_consumer_before_its_batch_commits(
+    stream: Stream, catalog: Catalog
+) -> None:
+    # A dead-letter topic that takes no record over 1 KB refuses the copy of a 4 KB one.
+    create_topic(stream.settings, stream.dlq_topic, 1, {"max.message.bytes": "1024"})
+    before = stamped_sessions(catalog, 300, seed=81, start=datetime(2026, 3, 2, 15, tzinfo=UTC))
+    after = stamped_sessions(catalog, 300, seed=82, start=datetime(2026, 3, 2, 16, tzinfo=UTC))
+    send(stream, before)
+    raw = b"{" + b"x" * 4000
+    producer = create_producer(stream.settings)
+    bad = producer.send(stream.topic, partition=0, key=b"bad", value=raw).get(timeout=30)
+    producer.close()
+    send(stream, after)
+    total = len(before) + 1 + len(after)
+
+    first = stream.consumer()
+    wait_until(
+        lambda: first.process.poll() is not None or committed(stream) == total,
+        "the consumer to stop or to write every record",
+        stream,
+    )
+    assert first.process.poll() == 1, first.story()
+    assert "did not acknowledge every dead-letter record" in first.output()
+    # The batch holding the record did not commit: its partition was not stored past it,
+    # and failed_events does not have it.
+    stored = _query(
+        stream.settings,
+        "select next_offset from public.consumer_offsets"
+        " where consumer_group = %s and topic = %s and partition = %s",
+        (stream.group, stream.topic, bad.partition),
+    )
+    assert stored in ([], [(offset,) for offset in range(bad.offset + 1)])
+    assert failed_payloads(stream) == {}
+
+    # Once the topic takes the copy, a restarted consumer reads the batch again.
+    admin = KafkaAdminClient(bootstrap_servers=stream.settings.kafka_bootstrap_servers)
+    try:
+        admin.alter_configs(
+            [ConfigResource("topic", stream.dlq_topic, {"max.message.bytes": "1048588"})]
+        )
+    finally:
+        admin.close()
+    second = stream.consumer()
+    wait_until(lambda: committed(stream) == total, "every record written", stream)
+    assert second.stop() == 0
+    assert_exact_totals(stream, before + after)
+    assert failed_payloads(stream) == {(bad.partition, bad.offset): raw}
+    assert [(source, value) for source, value, _ in dead_letters(stream)] == [
+        ((bad.partition, bad.offset), raw)
+    ]
+
+
+def test_send_events_fails_unless_the_broker_acknowledges_every_event(
+    stream: Stream, catalog: Catalog
+) -> None:
+    events = stamped_sessions(catalog, 20, seed=91, start=datetime(2026, 3, 2, 17, tzinfo=UTC))
+    # Over the topic's 1 MB record limit and under the client's 4 MB request limit: only the
+    # broker refuses it.
+    events[10]["search_query"] = "x" * 1_100_000
+    producer = create_producer(stream.settings)
+    futures = []
+    try:
+        with pytest.raises(UserFacingError) as refused:
+            send_events(producer, stream.topic, events, on_sent=lambda _, f: futures.append(f))
+    finally:
+        producer.close()
+    assert len(futures) == len(events) and futures[10].failed()
+    failures = sum(future.failed() for future in futures)
+    assert f"{failures} of {len(events)} were refused" in str(refused.value)
+
+
+def test_the_produce_command_exits_1_when_the_broker_refuses_its_events(stream: Stream) -> None:
+    topic = f"{stream.topic}_tiny"
+    # No event fits in 64 bytes.
+    create_topic(stream.settings, topic, 1, {"max.message.bytes": "64"})
+    count = 20
+    result = subprocess.run(
+        [sys.executable, "-m", "customer360.cli", "stream", "produce", "--count", str(count)]
+        + ["--topic", topic, "--seed", "1"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_SECONDS,
+        env=dict(os.environ),
+    )
+    assert result.returncode == 1, result
+    assert "did not acknowledge every event" in result.stderr
+    assert f"{count} of {count} were refused" in result.stderr
+    assert "sent " not in result.stdout
+
+
+def test_one_customers_events_share_a_partition_however_the_id_is_written(
+    stream: Stream, catalog: Catalog
+) -> None:
+    product, price = next(iter(catalog.product_prices.items()))
+    start = datetime(2026, 3, 2, 18, tzinfo=UTC)
+    events = []
+    for number, customer in enumerate(catalog.customer_ids[:60]):
+        # The cart filled under one spelling of the id and emptied by a purchase under another.
+        for step, (kind, spelling) in enumerate(
+            [("add_to_cart", f" {customer.lower()}\t"), ("purchase", customer)]
+        ):
+            events.append(
+                {
+                    "schema_version": 1,
+                    "event_id": str(uuid.uuid4()),
+                    "event_type": kind,
+                    "customer_id": spelling,
+                    "product_id": product,
+                    "session_id": str(uuid.uuid4()),
+                    "event_ts": (start + timedelta(seconds=2 * number + step)).isoformat(),
+                    "quantity": 1,
+                    "price": price,
+                }
+            )
+    metadata = send(stream, events)
+    partitions = defaultdict(set)
+    for event, record in zip(events, metadata, strict=True):
+        partitions[event["customer_id"].strip().upper()].add(record.partition)
+    assert {customer: len(used) for customer, used in partitions.items()} == {
+        customer: 1 for customer in catalog.customer_ids[:60]
+    }
+
+    consumer = stream.consumer()
+    wait_until(lambda: committed(stream) == len(events), "every record written", stream)
+    assert consumer.stop() == 0
+    # Counted under the id as the warehouse keys it, every cart emptied by its purchase.
+    assert_exact_totals(
+        stream, [{**event, "customer_id": event["customer_id"].strip().upper()} for event in events]
+    )
 
 
 def test_kill_9_mid_stream_then_restart_counts_exactly(stream: Stream, catalog: Catalog) -> None:
@@ -656,6 +855,27 @@ def test_recent_metrics_lists_the_last_minutes_newest_first(
     } == wanted
     minutes = [row["minute_start"] for row in rows]
     assert minutes == sorted(minutes, reverse=True)
+
+
+def test_customer_activity_finds_the_customer_however_the_id_is_written(
+    stream: Stream, catalog: Catalog
+) -> None:
+    customer = catalog.customer_ids[0]
+    event = stamped_sessions(catalog, 1, seed=63, start=datetime(2026, 3, 6, tzinfo=UTC))[0]
+    event["customer_id"] = customer
+    sink = Sink(psycopg2.connect(stream.settings.dsn), stream.group)
+    try:
+        batch = aggregate([parse_event(encode_event(event))])
+        sink.write_batch(batch, [], {(stream.topic, 0): OffsetRange(None, 1)})
+    finally:
+        sink.close()
+    conn = psycopg2.connect(stream.settings.dsn)
+    try:
+        activity = realtime.customer_activity(conn, f"  {customer.lower()}\t")
+    finally:
+        conn.close()
+    assert activity is not None
+    assert (activity["customer_id"], activity["total_events"]) == (customer, 1)
 
 
 def test_maximal_purchases_beyond_the_old_column_bounds_add_up_exactly(

@@ -11,6 +11,7 @@ from streaming.events import (
     EVENT_TYPES,
     ClickEvent,
     InvalidEvent,
+    event_key,
     format_timestamp,
     parse_event,
     parse_timestamp,
@@ -53,6 +54,15 @@ def test_ids_are_stored_as_the_warehouse_keys_them() -> None:
     # Trimmed and upper-cased, as raw_vault.normalise_key does, so activity joins the profile.
     event = parse_event(encoded(customer_id=" c000042\t", product_id="p00017 "))
     assert (event.customer_id, event.product_id) == ("C000042", "P00017")
+
+
+def test_events_are_keyed_by_the_customer_id_as_it_is_counted() -> None:
+    # One key for every spelling of a customer's id: one partition, so one order of events.
+    for spelling in ("C000042", " c000042\t", "\nC000042 "):
+        assert event_key({**VALID, "customer_id": spelling}) == b"C000042"
+    # No customer, no order to keep: the record is bound for the dead-letter topic.
+    assert event_key({**VALID, "customer_id": " \t"}) is None
+    assert event_key({k: v for k, v in VALID.items() if k != "customer_id"}) is None
 
 
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
