@@ -12,6 +12,9 @@ import importlib
 import logging
 import sys
 
+import psycopg2
+import psycopg2.errors
+
 from customer360.db import DatabaseUnavailableError
 from customer360.embedded_db import EmbeddedDatabaseError
 from customer360.errors import UserFacingError
@@ -32,6 +35,9 @@ EXPECTED_FAILURES = (
     EmbeddedDatabaseError,
     FileNotFoundError,
 )
+
+# What PostgreSQL says about a schema object `c360 migrate` creates when it is not there.
+SCHEMA_NOT_APPLIED = (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedFunction)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,10 +61,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except EXPECTED_FAILURES as exc:
-        print(f"c360: error: {exc}", file=sys.stderr)
-        return 1
+        return _print_error(str(exc))
+    except SCHEMA_NOT_APPLIED as exc:
+        return _print_error(
+            f"{_first_line(exc)}: the database's schema is missing or out of date;"
+            " apply it with `c360 migrate`"
+        )
+    except psycopg2.OperationalError as exc:
+        return _print_error(_database_failure(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _print_error(message: str) -> int:
+    print(f"c360: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _database_failure(exc: psycopg2.OperationalError) -> str:
+    """One sentence for an error PostgreSQL or the connection to it raised mid-command."""
+    # No SQLSTATE: the connection broke; class 08 and 57P: the server ended the connection.
+    if exc.pgcode is None or exc.pgcode.startswith(("08", "57P")):
+        return f"lost the connection to PostgreSQL during the command: {_first_line(exc)}"
+    return f"PostgreSQL stopped the command: {_first_line(exc)}"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ class DatabaseUnavailableError(RuntimeError):
     """The configured PostgreSQL server cannot be reached."""
 
 
+# What psycopg2 raises when a connection broke or the server ended it (and for a few failed
+# statements, such as a cancelled one): such a connection is closed rather than lent again.
+CONNECTION_FAILURES = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
 def connect(settings: Settings | None = None, **kwargs) -> psycopg2.extensions.connection:
     """Open a psycopg2 connection, turning connection failures into one clear sentence."""
     settings = settings or get_settings()
@@ -76,10 +81,16 @@ def reused_connections(settings: Settings | None = None) -> Iterator[None]:
 
 
 @contextmanager
-def transaction(settings: Settings | None = None) -> Iterator[psycopg2.extensions.cursor]:
-    """A cursor in one transaction: committed on success, rolled back on any error."""
+def transaction(
+    settings: Settings | None = None, reuse_connection: bool = True
+) -> Iterator[psycopg2.extensions.cursor]:
+    """A cursor in one transaction: committed on success, rolled back on any error.
+
+    Within ``reused_connections`` it borrows a finished transaction's connection, unless
+    ``reuse_connection`` is false; a connection that failed is closed, never lent again.
+    """
     settings = settings or get_settings()
-    reuse = _reuse.get()
+    reuse = _reuse.get() if reuse_connection else None
     if reuse is not None and reuse.settings.dsn != settings.dsn:
         reuse = None
     conn = reuse.borrow() if reuse else connect(settings)
@@ -96,6 +107,9 @@ def transaction(settings: Settings | None = None) -> Iterator[psycopg2.extension
             cur.execute("set local max_parallel_workers_per_gather = 0")
             yield cur
         conn.commit()
+    except CONNECTION_FAILURES:
+        conn.close()
+        raise
     except BaseException:
         if not conn.closed:
             conn.rollback()

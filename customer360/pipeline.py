@@ -18,9 +18,16 @@ from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+import psycopg2.extensions
 from psycopg2.extras import Json
 
-from customer360.db import connect, reused_connections, transaction
+from customer360.db import (
+    CONNECTION_FAILURES,
+    DatabaseUnavailableError,
+    connect,
+    reused_connections,
+    transaction,
+)
 from customer360.errors import BatchInProgressError, UserFacingError
 from customer360.landing import check_header, land_file
 from customer360.quality import (
@@ -42,11 +49,18 @@ from customer360.vault import (
 
 log = logging.getLogger(__name__)
 
-# Only one batch loads at a time; the CLI holds this advisory lock for the whole run.
+# Only one batch loads at a time; the CLI holds this advisory lock for the whole run. Its
+# session also holds the lock (BATCH_LOCK_ID, batch id) while it loads that batch.
 BATCH_LOCK_ID = 360_002
 
-# A batch still 'running' this long after it started was left by a crashed load (the DAG's
-# runs time out after an hour).
+# The message of a batch whose loader holds that second lock: the batch is loading exactly as
+# long as the lock is held, and once its session has ended (the process died, the database
+# went away) nothing is loading it any more.
+LOADING_IN_ONE_SESSION = "loading; abandoned if its loader's database session ends"
+
+# A batch the DAG loads has no such session (each task connects on its own): one still
+# 'running' this long after it started was left by a crashed load (the DAG's runs time out
+# after an hour).
 STALE_BATCH_AFTER = timedelta(hours=2)
 
 ProgressCallback = Callable[[str, dict], None]
@@ -64,14 +78,23 @@ class SupersededFilesError(UserFacingError):
     loading them again would make their older values current. Nothing was loaded."""
 
 
-def start_batch(data_dir: Path, settings: Settings | None = None, reload: bool = False) -> int:
+def start_batch(
+    data_dir: Path,
+    settings: Settings | None = None,
+    reload: bool = False,
+    loader: psycopg2.extensions.connection | None = None,
+) -> int:
     """Open a batch for the files in ``data_dir``; returns its id.
 
     Refuses while another batch is loading (from the CLI or the DAG), and, unless ``reload``,
     files an earlier batch loaded when a later batch has loaded other files since (loading the
-    latest files again is allowed: it adds nothing). A batch still marked 'running' after
-    ``STALE_BATCH_AFTER`` was left by a crashed load: it is closed as failed. Staging rows of
+    latest files again is allowed: it adds nothing). A batch still marked 'running' whose
+    loader's session has ended, or, for a batch loaded without one, after
+    ``STALE_BATCH_AFTER``, was left by a crashed load: it is closed as failed. Staging rows of
     earlier batches are cleared.
+
+    ``loader`` is a connection that stays open until the batch ends (``run_batch``'s): it
+    takes the batch's lock, so the batch counts as abandoned as soon as that session ends.
     """
     specs = load_source_specs(settings)
     for spec in specs.values():
@@ -85,10 +108,23 @@ def start_batch(data_dir: Path, settings: Settings | None = None, reload: bool =
         cur.execute(
             """
             select batch_id, started_at from audit.load_batch
-            where status = 'running' and started_at > clock_timestamp() - %s
+            where status = 'running'
+              and case when message = %(in_one_session)s
+                       then exists (
+                           select from pg_locks
+                           where locktype = 'advisory' and granted
+                             and database = (select oid from pg_database
+                                             where datname = current_database())
+                             and classid = %(lock_id)s and objid = batch_id and objsubid = 2)
+                       else started_at > clock_timestamp() - %(stale_after)s
+                  end
             order by batch_id limit 1
             """,
-            (STALE_BATCH_AFTER,),
+            {
+                "in_one_session": LOADING_IN_ONE_SESSION,
+                "lock_id": BATCH_LOCK_ID,
+                "stale_after": STALE_BATCH_AFTER,
+            },
         )
         running = cur.fetchone()
         if running:
@@ -102,21 +138,30 @@ def start_batch(data_dir: Path, settings: Settings | None = None, reload: bool =
             """
             update audit.load_batch
             set status = 'failed', finished_at = clock_timestamp(),
-                message = 'abandoned: still running long after it started; a newer batch began'
+                message = case
+                    when message = %s
+                    then 'abandoned: its loader''s database session ended; a newer batch began'
+                    else 'abandoned: still running long after it started; a newer batch began'
+                end
             where status = 'running'
-            """
+            """,
+            (LOADING_IN_ONE_SESSION,),
         )
         for name in SOURCE_NAMES:
             cur.execute(f"truncate staging.raw_{name}, staging.stg_{name}")
         cur.execute(
             """
-            insert into audit.load_batch (load_dts, data_dir)
-            values (date_trunc('milliseconds', clock_timestamp()), %s)
+            insert into audit.load_batch (load_dts, data_dir, message)
+            values (date_trunc('milliseconds', clock_timestamp()), %s, %s)
             returning batch_id
             """,
-            (str(Path(data_dir).resolve()),),
+            (str(Path(data_dir).resolve()), LOADING_IN_ONE_SESSION if loader else None),
         )
         batch_id = cur.fetchone()[0]
+        if loader:
+            # Taken before the batch is committed, so it is never seen without its lock.
+            with loader.cursor() as lock:
+                lock.execute("select pg_advisory_lock(%s, %s)", (BATCH_LOCK_ID, batch_id))
     log.info("batch %s started for %s", batch_id, data_dir)
     return batch_id
 
@@ -399,7 +444,9 @@ def fail_batch(batch_id: int, message: str, settings: Settings | None = None) ->
     """Mark the batch failed with a message. A batch that fails before its vault loads (a
     breached threshold) leaves the vault as it was; one that fails later (reconciliation)
     keeps what its committed steps added, and the report says which checks failed."""
-    with transaction(settings) as cur:
+    # On a connection of its own: when the batch failed because the database went away, the
+    # idle connections its steps would lend have gone with it.
+    with transaction(settings, reuse_connection=False) as cur:
         report = _build_report(cur, batch_id)
         report["status"] = "failed"
         cur.execute(
@@ -423,6 +470,8 @@ def run_batch(
     settings = settings or get_settings()
     notify = progress or (lambda stage, info: None)
     lock = connect(settings)
+    # The session only holds locks: idle, not idle in a transaction a server timeout may end.
+    lock.autocommit = True
     try:
         with lock.cursor() as cur:
             cur.execute("select pg_try_advisory_lock(%s)", (BATCH_LOCK_ID,))
@@ -430,18 +479,29 @@ def run_batch(
                 raise UserFacingError("another batch is loading right now; try again when it ends")
         # The steps' many short transactions reuse connections rather than open new ones.
         with reused_connections(settings):
-            batch_id = start_batch(Path(data_dir), settings, reload=reload)
+            batch_id = start_batch(Path(data_dir), settings, reload=reload, loader=lock)
             notify("start", {"batch_id": batch_id})
             try:
                 _run_steps(batch_id, settings, notify)
             except (ThresholdBreachedError, ReconciliationError):
                 raise
             except Exception as exc:
-                fail_batch(batch_id, f"{type(exc).__name__}: {exc}", settings)
+                _record_failure(batch_id, exc, settings)
                 raise
             return finish_batch(batch_id, settings)
     finally:
         lock.close()
+
+
+def _record_failure(batch_id: int, error: Exception, settings: Settings) -> None:
+    """Mark the batch failed with the error that stopped it, if the database can be reached."""
+    try:
+        # On one line, as `c360 status` lists it (psycopg2's messages run over several).
+        fail_batch(batch_id, f"{type(error).__name__}: {' '.join(str(error).split())}", settings)
+    except (DatabaseUnavailableError, *CONNECTION_FAILURES):
+        # The batch stays 'running' for now; its loader's session ended with the connections,
+        # so the next start_batch closes it as abandoned.
+        log.info("could not mark batch %s failed: the database is out of reach", batch_id)
 
 
 def _run_steps(batch_id: int, settings: Settings, notify: ProgressCallback) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -83,7 +84,11 @@ class SourceSpec:
 
 def load_source_specs(settings: Settings | None = None) -> dict[str, SourceSpec]:
     """The source specifications from the configured YAML file, over the shipped defaults
-    (data/sources.yaml): a configuration of one's own needs only what differs from them."""
+    (data/sources.yaml): a configuration of one's own needs only what differs from them.
+
+    Refuses a configuration whose keys or values are not what the contract allows, naming the
+    file and the key, so that a batch never starts on it.
+    """
     settings = settings or get_settings()
     path = Path(settings.sources_config or DEFAULT_SOURCES_CONFIG)
     configured = _configured_sources(path)
@@ -92,17 +97,12 @@ def load_source_specs(settings: Settings | None = None) -> dict[str, SourceSpec]
         defaults = _configured_sources(DEFAULT_SOURCES_CONFIG)
     specs: dict[str, SourceSpec] = {}
     for name in SOURCE_NAMES:
-        default, entry = defaults.get(name) or {}, configured.get(name) or {}
-        unknown = set(entry.get("columns") or {}) - set(CANONICAL_ORDER[name])
-        if unknown:
-            raise UserFacingError(
-                f"source configuration {path}: {name} maps unknown field(s) {sorted(unknown)}"
-            )
+        default, entry = defaults.get(name, {}), configured.get(name, {})
         entry = {
             **default,
             **entry,
-            "columns": {**(default.get("columns") or {}), **(entry.get("columns") or {})},
-            "formats": {**(default.get("formats") or {}), **(entry.get("formats") or {})},
+            "columns": {**default.get("columns", {}), **entry.get("columns", {})},
+            "formats": {**default.get("formats", {}), **entry.get("formats", {})},
         }
         specs[name] = SourceSpec(
             name=name,
@@ -115,12 +115,88 @@ def load_source_specs(settings: Settings | None = None) -> dict[str, SourceSpec]
     return specs
 
 
-def _configured_sources(path: Path) -> dict:
-    """The ``sources`` section of a configuration file."""
+# The text settings of a source entry; ``columns`` and ``formats`` map canonical fields to text.
+TEXT_SETTINGS = ("file", "record_source", "timezone")
+FIELD_MAPPINGS = ("columns", "formats")
+
+
+def _configured_sources(path: Path) -> dict[str, dict]:
+    """The ``sources`` section of a configuration file, checked: each source's entry holds
+    only known settings, with text values, and a time zone the IANA database knows."""
     if not path.exists():
         raise UserFacingError(f"source configuration {path} does not exist")
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserFacingError(f"source configuration {path} is not valid YAML: {exc}") from exc
-    return document.get("sources") or {}
+
+    def refuse(problem: str) -> UserFacingError:
+        return UserFacingError(f"source configuration {path}: {problem}")
+
+    if not isinstance(document, dict):
+        raise refuse("the file must hold a mapping with a 'sources' key")
+    sources = document.get("sources") or {}
+    if not isinstance(sources, dict):
+        raise refuse(f"'sources' must map source names ({', '.join(SOURCE_NAMES)}) to settings")
+    unknown_sources = set(sources) - set(SOURCE_NAMES)
+    if unknown_sources:
+        raise refuse(
+            f"'sources' names unknown source(s) {sorted(map(str, unknown_sources))};"
+            f" the sources are {', '.join(SOURCE_NAMES)}"
+        )
+    checked: dict[str, dict] = {}
+    for name, entry in sources.items():
+        key = f"sources.{name}"
+        entry = entry or {}
+        if not isinstance(entry, dict):
+            raise refuse(f"'{key}' must be a mapping of settings")
+        unknown_settings = set(entry) - {*TEXT_SETTINGS, *FIELD_MAPPINGS}
+        if unknown_settings:
+            raise refuse(
+                f"'{key}' has unknown setting(s) {sorted(map(str, unknown_settings))};"
+                f" the settings are {', '.join((*TEXT_SETTINGS, *FIELD_MAPPINGS))}"
+            )
+        for setting in TEXT_SETTINGS:
+            if setting in entry and not _is_text(entry[setting]):
+                raise refuse(f"'{key}.{setting}' must be text, {_described(entry[setting])}")
+        for setting in FIELD_MAPPINGS:
+            mapping = entry.get(setting) or {}
+            if not isinstance(mapping, dict):
+                raise refuse(f"'{key}.{setting}' must map canonical fields to text")
+            unknown_fields = set(mapping) - set(CANONICAL_ORDER[name])
+            if unknown_fields:
+                raise refuse(
+                    f"'{key}.{setting}' names unknown field(s) {sorted(map(str, unknown_fields))}"
+                )
+            for field_name, value in mapping.items():
+                if not _is_text(value):
+                    raise refuse(
+                        f"'{key}.{setting}.{field_name}' must be text, {_described(value)}"
+                    )
+        if "timezone" in entry and not _is_known_time_zone(entry["timezone"]):
+            raise refuse(
+                f"'{key}.timezone' {entry['timezone']!r} is not a known time zone;"
+                " use an IANA name such as UTC or Europe/Berlin"
+            )
+        checked[name] = {**entry, **{s: entry.get(s) or {} for s in FIELD_MAPPINGS}}
+    return checked
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _described(value: object) -> str:
+    """What a setting holds instead of text, for an error message."""
+    empty = value is None or (isinstance(value, str) and not value.strip())
+    return "but it is empty" if empty else f"not {value!r}"
+
+
+def _is_known_time_zone(name: str) -> bool:
+    """Whether the IANA time zone database knows ``name``; PostgreSQL, which converts the
+    timestamps, reads the same database."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True

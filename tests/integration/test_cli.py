@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import psycopg2
 import pytest
 
 from customer360.generator import generate_dataset, generate_next_day
@@ -144,8 +145,6 @@ def test_custom_source_mapping_loads_renamed_columns_and_formats(
     )
 
     assert result.returncode == 0, result.stderr
-    import psycopg2
-
     conn = psycopg2.connect(settings.dsn)
     with conn.cursor() as cur:
         cur.execute(
@@ -188,3 +187,60 @@ def test_load_refuses_superseded_files_in_one_line_unless_asked_to_reload(make_d
     reloaded = c360("load", "--data-dir", str(day1), "--reload", env=env)
     assert reloaded.returncode == 0, reloaded.stderr
     assert "succeeded" in c360("report", "--batch", "3", env=env).stdout
+
+
+@pytest.fixture
+def unmigrated_database(embedded_server):
+    """A database on the session's server that `c360 migrate` never ran on."""
+    server_url = embedded_server.dsn.rsplit("/", 1)[0]
+    name = f"c360_unmigrated_{os.getpid()}"
+    admin = psycopg2.connect(f"{server_url}/postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'drop database if exists "{name}" with (force)')
+        cur.execute(f'create database "{name}"')
+    yield f"{server_url}/{name}"
+    with admin.cursor() as cur:
+        cur.execute(f'drop database "{name}" with (force)')
+    admin.close()
+
+
+@pytest.mark.parametrize("command", [["load"], ["status"], ["report"]])
+def test_a_database_without_the_schema_is_one_line_suggesting_migrate(
+    unmigrated_database, demo_data_dir, command
+):
+    if command == ["load"]:
+        command = ["load", "--data-dir", str(demo_data_dir)]
+    result = c360(*command, env={"C360_DATABASE_URL": unmigrated_database})
+    assert_one_line_error(result, "audit.load_batch", "`c360 migrate`")
+
+
+@pytest.mark.parametrize(
+    ("config_text", "named"),
+    [
+        ("sources:\n  customers:\n    formats:\n      signup_date: 5\n", "signup_date"),
+        ("sources:\n  transactions:\n    timezone: Mars/Olympus\n", "Mars/Olympus"),
+        ("sources:\n  customers:\n    file:\n", "customers.file"),
+        ("sources: [1, 2]\n", "sources"),
+    ],
+)
+def test_a_malformed_source_configuration_is_refused_before_any_batch_starts(
+    make_database, demo_data_dir, tmp_path, config_text, named
+):
+    settings = make_database()
+    config = tmp_path / "sources.yaml"
+    config.write_text(config_text)
+
+    result = c360(
+        "load",
+        "--data-dir",
+        str(demo_data_dir),
+        env={"C360_DATABASE_URL": settings.dsn, "C360_SOURCES_CONFIG": str(config)},
+    )
+
+    assert_one_line_error(result, str(config), named)
+    conn = psycopg2.connect(settings.dsn)
+    with conn.cursor() as cur:
+        cur.execute("select count(*) from audit.load_batch")
+        assert cur.fetchone()[0] == 0
+    conn.close()

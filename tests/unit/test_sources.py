@@ -79,3 +79,43 @@ def test_a_configuration_of_ones_own_needs_only_what_differs_from_the_shipped_on
             shipped[name]["record_source"],
             shipped[name].get("formats", {}),
         )
+
+
+@pytest.mark.parametrize(
+    ("config_text", "named"),
+    [
+        ("- customers\n- products\n", "a mapping"),
+        ("sources: [1, 2]\n", "sources"),
+        ("sources:\n  customers: [a, b]\n", "sources.customers"),
+        ("sources:\n  clients:\n    file: clients.csv\n", "clients"),
+        ("sources:\n  customers:\n    fille: clients.csv\n", "fille"),
+        ("sources:\n  customers:\n    file:\n", "sources.customers.file"),
+        ("sources:\n  customers:\n    file: 7\n", "sources.customers.file"),
+        ("sources:\n  products:\n    record_source: ''\n", "sources.products.record_source"),
+        ("sources:\n  customers:\n    columns: [a, b]\n", "sources.customers.columns"),
+        ("sources:\n  customers:\n    columns: {email: 3}\n", "sources.customers.columns.email"),
+        ("sources:\n  customers:\n    formats: iso\n", "sources.customers.formats"),
+        (
+            "sources:\n  customers:\n    formats:\n      signup_date: 5\n",
+            "sources.customers.formats.signup_date",
+        ),
+        (
+            "sources:\n  customers:\n    formats:\n      birthday: DD/MM/YYYY\n",
+            "birthday",
+        ),
+        ("sources:\n  transactions:\n    timezone: Mars/Olympus\n", "Mars/Olympus"),
+        ("sources:\n  transactions:\n    timezone: 2\n", "sources.transactions.timezone"),
+        ("sources:\n  transactions:\n    timezone: ../../etc/passwd\n", "timezone"),
+    ],
+)
+def test_a_malformed_configuration_is_refused_naming_the_file_and_key(tmp_path, config_text, named):
+    settings = write_config(tmp_path, config_text)
+    with pytest.raises(UserFacingError) as refused:
+        load_source_specs(settings)
+    assert str(settings.sources_config) in str(refused.value)
+    assert named in str(refused.value)
+
+
+def test_a_time_zone_by_its_iana_name_is_accepted(tmp_path):
+    settings = write_config(tmp_path, "sources:\n  transactions:\n    timezone: Europe/Berlin\n")
+    assert load_source_specs(settings)["transactions"].timezone == "Europe/Berlin"
