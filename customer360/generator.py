@@ -91,9 +91,9 @@ TRANSACTION_DEFECTS = (
 # Below this many rows a file gets no dirty rows: one of each kind would swamp it.
 MIN_ROWS_FOR_DIRTY = 100
 
-# Plan actions besides the defect kinds: the clean row a duplicate copies, and the later
-# re-keyed row that wins over a duplicate_key original.
-_COPY_SOURCE = "copy_source"
+# Plan actions besides the defect kinds: the later copy that wins over a duplicate_row, and
+# the later re-keyed row that wins over a duplicate_key original.
+_LATER_COPY = "later_copy"
 _KEY_VARIANT = "key_variant"
 
 FIRST_NAMES = [
@@ -315,10 +315,10 @@ def _plan_defects(
     paired_positions = positions[len(singles) :]
     for event, kind in enumerate(pairs):
         first, second = sorted(paired_positions[2 * event : 2 * event + 2])
+        # The earlier row loses to the later copy or re-keyed row, so the earlier is the dirty one.
         if kind == DUPLICATE_ROW:
-            plan[first], plan[second] = (_COPY_SOURCE, event), (DUPLICATE_ROW, event)
+            plan[first], plan[second] = (DUPLICATE_ROW, event), (_LATER_COPY, event)
         else:
-            # The earlier row loses to the later re-keyed one, so the earlier is the dirty one.
             plan[first], plan[second] = (DUPLICATE_KEY, event), (_KEY_VARIANT, event)
     return plan
 
@@ -385,18 +385,15 @@ def _write_planned_rows(
                 continue
             kind, event = action
             line = position + 2  # the header is line 1
-            if kind in (_COPY_SOURCE, DUPLICATE_KEY):
+            if kind in (DUPLICATE_ROW, DUPLICATE_KEY):
                 number += 1
-                # A duplicate_key original is still loadable: its later variant wins.
+                # The earlier row of a pair is still loadable: its later copy or variant wins.
                 row = make_row(number, True)
                 held[event] = row
                 write(row)
-                if kind == DUPLICATE_KEY:
-                    dirty.add(path.name, line, kind, row[0])
-            elif kind == DUPLICATE_ROW:
-                row = held.pop(event)
-                write(row)
                 dirty.add(path.name, line, kind, row[0])
+            elif kind == _LATER_COPY:
+                write(held.pop(event))
             elif kind == _KEY_VARIANT:
                 write(vary_key(held.pop(event)))
             else:

@@ -16,23 +16,26 @@ from customer360.sources import CANONICAL_ORDER, SourceSpec
 GHOST_KEY = "00000000-0000-0000-0000-000000000000"
 # The business key of the ghost customer and product (sql/03); no delivered row may take it.
 GHOST_BUSINESS_KEY = "-1"
+# The statuses the contract knows; the business views count every one but the last two as
+# revenue.
+ORDER_STATUSES = ("completed", "shipped", "pending", "cancelled", "returned")
 
 
-# PostgreSQL's own input functions decide what parses, cheaply; the extra shape tests
-# refuse words those functions also take ('now', 'today', 'NaN', 'Infinity'), which are
-# never valid business data.
+# PostgreSQL's own input functions decide what parses, cheaply; the shape tests first
+# refuse what those functions also take but the contract does not: words ('now', 'today',
+# 'allballs'), eras ('2024-01-01 BC'), a 12-hour clock ('10:00 PM'), unpadded fields.
+ISO_DATE_SHAPE = r"^\d{4}-\d{2}-\d{2}$"
+ISO_TIMESTAMP_SHAPE = (
+    r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}(:?\d{2})?)?$"
+)
+
+
 def _iso_date_invalid(value: str) -> str:
-    return (
-        f"(length({value}) <> 10 or substr({value}, 5, 1) <> '-'"
-        f" or not pg_input_is_valid({value}, 'date'))"
-    )
+    return f"({value} !~ '{ISO_DATE_SHAPE}' or not pg_input_is_valid({value}, 'date'))"
 
 
 def _iso_timestamp_invalid(value: str) -> str:
-    return (
-        f"(substr({value}, 5, 1) <> '-' or substr({value}, 11, 1) not in (' ', 'T')"
-        f" or not pg_input_is_valid({value}, 'timestamptz'))"
-    )
+    return f"({value} !~ '{ISO_TIMESTAMP_SHAPE}' or not pg_input_is_valid({value}, 'timestamptz'))"
 
 
 def _number_invalid(value: str, pg_type: str) -> str:
@@ -111,6 +114,21 @@ def _number_rule(columns: dict[str, str], optional: tuple[str, ...] = ()) -> Rul
     return Rule("invalid_number", failing, detail)
 
 
+def _decimal_places_rule(columns: dict[str, int]) -> Rule:
+    """Rows where a number (column -> the decimal places its type keeps) has more places than
+    that: storing it would round it silently."""
+    checks = {
+        column: f"min_scale({clean(column)}::numeric) > {places}"
+        for column, places in columns.items()
+    }
+    details = ", ".join(
+        f"case when {checks[column]} then '{column} ' || {_quoted(column)}"
+        f" || ' has more than {places} decimal places' end"
+        for column, places in columns.items()
+    )
+    return Rule("invalid_number", " or ".join(checks.values()), f"concat_ws(', ', {details})")
+
+
 def _reserved_key_rule(key_column: str) -> Rule:
     """Rows whose key is the ghost record's: loading one would clash with the ghost row."""
     return Rule(
@@ -118,6 +136,25 @@ def _reserved_key_rule(key_column: str) -> Rule:
         f"business_key = '{GHOST_BUSINESS_KEY}'",
         f"'{key_column} ' || quote_literal(landed.{key_column})"
         " || ' is reserved for the ghost record'",
+    )
+
+
+def _missing_rule(reason: str, columns: tuple[str, ...]) -> Rule:
+    """Rows where any listed column is empty or blank."""
+    names = ", ".join(
+        f"case when {clean(column)} is null then '{column}' end" for column in columns
+    )
+    failing = " or ".join(f"{clean(column)} is null" for column in columns)
+    return Rule(reason, failing, f"'no value for ' || concat_ws(', ', {names})")
+
+
+def _allowed_values_rule(column: str, allowed: tuple[str, ...]) -> Rule:
+    """Rows whose ``column`` holds none of ``allowed`` (compared in lower case)."""
+    listed = ", ".join(f"'{value}'" for value in allowed)
+    return Rule(
+        "invalid_value",
+        f"lower({clean(column)}) not in ({listed})",
+        f"'{column} ' || {_quoted(column)} || ' is not one of {', '.join(allowed)}'",
     )
 
 
@@ -135,7 +172,11 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             source="customers",
             key_column="customer_id",
             hash_keys={"customer_hk": "raw_vault.hash_key(landed.customer_id)"},
-            rules=(_reserved_key_rule("customer_id"), signup_rule),
+            rules=(
+                _reserved_key_rule("customer_id"),
+                _missing_rule("missing_value", ("first_name", "last_name", "email")),
+                signup_rule,
+            ),
             typed={
                 **{column: clean(column) for column in customer_text},
                 "signup_date": signup_date,
@@ -149,7 +190,9 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             hash_keys={"product_hk": "raw_vault.hash_key(landed.product_id)"},
             rules=(
                 _reserved_key_rule("product_id"),
+                _missing_rule("missing_value", ("product_name", "category")),
                 _number_rule({"unit_price": "numeric(12, 2)", "cost": "numeric(12, 2)"}),
+                _decimal_places_rule({"unit_price": 2, "cost": 2}),
             ),
             typed={
                 "product_name": clean("product_name"),
@@ -191,6 +234,10 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 },
             ),
             rules=(
+                # An order must name its customer and product: an unknown one is linked to
+                # the ghost record, a missing one is a missing part of the link's key.
+                _missing_rule("missing_key", ("customer_id", "product_id")),
+                _missing_rule("missing_value", ("order_status",)),
                 _number_rule(
                     {
                         "quantity": "integer",
@@ -200,6 +247,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                     },
                     optional=("discount",),
                 ),
+                _decimal_places_rule({"unit_price": 2, "discount": 4, "total_amount": 2}),
                 Rule(
                     "invalid_number",
                     f"coalesce({clean('discount')}::numeric, 0) not between 0 and 1",
@@ -211,13 +259,15 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                     f"{clean('quantity')}::integer <= 0",
                     f"'quantity ' || {_quoted('quantity')} || ' is not positive'",
                 ),
+                _allowed_values_rule("order_status", ORDER_STATUSES),
             ),
             typed={
                 "customer_id": "raw_vault.normalise_key(landed.customer_id)",
                 "product_id": "raw_vault.normalise_key(landed.product_id)",
                 "quantity": f"{clean('quantity')}::integer",
                 "unit_price": f"{clean('unit_price')}::numeric(12, 2)",
-                "discount": f"coalesce({clean('discount')}::numeric(5, 4), 0)",
+                # A missing discount is zero, typed as a delivered one is, so both hash alike.
+                "discount": f"coalesce({clean('discount')}, '0')::numeric(5, 4)",
                 "total_amount": f"{clean('total_amount')}::numeric(14, 2)",
                 "transaction_ts": transaction_ts,
                 "payment_method": clean("payment_method"),
@@ -298,16 +348,18 @@ def staging_statement(spec: StagingSpec) -> str:
         ),
 
         -- This statement's share of the keys (see check_source); copies of a row and rows
-        -- sharing a key always fall in the same share. Copies of a row are numbered in
-        -- line order.
+        -- sharing a key always fall in the same share. Copies of a row are numbered from the
+        -- last line up: the last copy is the one that may win its key, as any last row does.
         landed as (
             select keyed.*,
-                   row_number() over (partition by business_key, {", ".join(raw_columns)}
-                                      order by line_number) as copy_number,
+                   row_number() over copies as copy_number,
+                   first_value(line_number) over copies as last_copy_line,
                    {cleaned}
             from keyed
             where mod(hashtext(coalesce(business_key, ''))::bigint + 2147483648,
                       %(shares)s) = %(share)s
+            window copies as (partition by business_key, {", ".join(raw_columns)}
+                              order by line_number desc)
         ),
 
         classified as (
@@ -337,8 +389,8 @@ def staging_statement(spec: StagingSpec) -> str:
                    landed.{key}, coalesce(reason, 'duplicate_key'),
                    case
                        when reason is null then 'superseded by line ' || winning_line
-                       when reason = 'missing_key' then '{key} is missing'
-                       when reason = 'duplicate_row' then 'exact copy of an earlier row'
+                       when reason = 'missing_key' and business_key is null then '{key} is missing'
+                       when reason = 'duplicate_row' then 'exact copy of line ' || last_copy_line
 {details}
                    end,
                    jsonb_build_object({raw_row})

@@ -194,13 +194,23 @@ end;
 $$;
 
 -- Parse a timestamp in a user-configured format (PostgreSQL to_timestamp pattern); null when
--- the text does not fit. Only used for non-ISO formats: ISO input takes the faster path.
+-- the text does not fit. to_timestamp alone is lenient: it reads '5/5/23' as year 23 under
+-- DD/MM/YYYY and ignores trailing words, so the value must also be what to_char writes for
+-- that pattern (ignoring case). A pattern with a time-zone field is exempt from that test,
+-- since to_char writes the session's offset, not the one given. Only used for non-ISO
+-- formats: ISO input takes the faster path.
 create or replace function staging.try_to_timestamp(value text, format text)
 returns timestamptz
-language plpgsql immutable parallel safe
+language plpgsql stable parallel safe
 as $$
+declare
+    parsed timestamptz;
 begin
-    return to_timestamp(value, format);
+    parsed := to_timestamp(value, format);
+    if format !~* 'TZH|TZM|TZ|OF' and upper(to_char(parsed, format)) <> upper(value) then
+        return null;
+    end if;
+    return parsed;
 exception when others then
     return null;
 end;

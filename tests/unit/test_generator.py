@@ -104,7 +104,7 @@ def find_defects(data_dir: Path) -> dict[tuple[str, int], set[str]]:
     for file_name in FILES:
         rows = read_lines(data_dir / file_name)
         width = len(HEADERS[file_name])
-        seen_raw: set[str] = set()
+        later_copies = Counter(raw for _, raw, _ in rows)
         last_raw_by_key: dict[str, str] = {}
         for _, raw, fields in rows:
             if len(fields) == width and fields[0].strip():
@@ -112,9 +112,9 @@ def find_defects(data_dir: Path) -> dict[tuple[str, int], set[str]]:
         all_keys[file_name] = {norm(f[0]) for _, _, f in rows if f and f[0].strip()}
         for line, raw, fields in rows:
             found: set[str] = set()
-            if raw in seen_raw:
+            later_copies[raw] -= 1
+            if later_copies[raw]:
                 found.add("duplicate_row")
-            seen_raw.add(raw)
             if len(fields) != width:
                 found.add("malformed_row")
             elif not fields[0].strip():

@@ -1,0 +1,269 @@
+"""The quality rules and the vault's history on small hand-written deliveries: each file is
+written here line by line, so every expected value is read off the lines themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from customer360.pipeline import run_batch
+
+CUSTOMERS_HEADER = (
+    "customer_id,first_name,last_name,email,phone,city,state,country,signup_date,customer_segment"
+)
+PRODUCTS_HEADER = "product_id,product_name,category,brand,unit_price,cost"
+TRANSACTIONS_HEADER = (
+    "transaction_id,customer_id,product_id,quantity,unit_price,discount,total_amount,"
+    "transaction_ts,payment_method,order_status"
+)
+
+
+def customer(key: str, city: str = "Leeds", signup: str = "2024-01-02", email: str = "") -> str:
+    email = email or f"{key.lower()}@example.net"
+    return f"{key},Ann,Lee,{email},,{city},England,United Kingdom,{signup},Consumer"
+
+
+def product(key: str, category: str = "Tools") -> str:
+    return f"{key},Thing {key},{category},Acme,10.00,4.00"
+
+
+def order(
+    key: str,
+    customer_id: str = "C1",
+    product_id: str = "P1",
+    total: str = "10.00",
+    discount: str = "0.00",
+    ts: str = "2025-03-01 10:00:00",
+    status: str = "completed",
+) -> str:
+    return f"{key},{customer_id},{product_id},1,{total},{discount},{total},{ts},paypal,{status}"
+
+
+def deliver(
+    folder: Path,
+    customers: list[str] | None = None,
+    products: list[str] | None = None,
+    transactions: list[str] | None = None,
+) -> Path:
+    """Write one delivery; sources left out get a single clean row."""
+    folder.mkdir(parents=True)
+    files = {
+        "customers.csv": (CUSTOMERS_HEADER, customers or [customer("C1")]),
+        "products.csv": (PRODUCTS_HEADER, products or [product("P1")]),
+        "transactions.csv": (TRANSACTIONS_HEADER, transactions or [order("T1")]),
+    }
+    for name, (header, lines) in files.items():
+        (folder / name).write_text("\n".join([header, *lines]) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def database(make_database):
+    """A fresh database that takes deliveries of any size."""
+    return make_database().model_copy(
+        update={"min_customers": 0, "min_products": 0, "min_transactions": 0}
+    )
+
+
+def query(settings, sql: str, params=None) -> list[tuple]:
+    conn = psycopg2.connect(settings.dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def quarantined(settings, source: str) -> dict[int, tuple[str, str]]:
+    """The latest batch's quarantined rows of ``source``: line -> (reason, detail)."""
+    rows = query(
+        settings,
+        "select line_number, reason, detail from audit.quarantine"
+        " where source = %s and batch_id = (select max(batch_id) from audit.load_batch)",
+        (source,),
+    )
+    return {line: (reason, detail) for line, reason, detail in rows}
+
+
+def test_the_last_line_wins_even_when_it_repeats_an_earlier_one(database, tmp_path):
+    first, second = customer("C1", city="York"), customer("C1", city="Hull")
+    deliver(tmp_path / "day1", customers=[first, second, first])
+
+    run_batch(tmp_path / "day1", database)
+
+    # Lines 2, 3 and 4: York, Hull, York. The file's last word on C1 is York.
+    assert query(
+        database,
+        "select city from business_vault.vw_customer_360 where customer_id = 'C1'",
+    ) == [("York",)]
+    assert quarantined(database, "customers") == {
+        2: ("duplicate_row", "exact copy of line 4"),
+        3: ("duplicate_key", "superseded by line 4"),
+    }
+
+
+def test_a_missing_discount_and_a_zero_one_are_the_same_version(database, tmp_path):
+    deliver(tmp_path / "day1", transactions=[order("T1", discount="")])
+    deliver(tmp_path / "day2", transactions=[order("T1", discount="0.00"), order("T2")])
+
+    run_batch(tmp_path / "day1", database)
+    run_batch(tmp_path / "day2", database)
+
+    versions = query(
+        database,
+        "select sat.discount from raw_vault.sat_order_details as sat"
+        " join raw_vault.hub_order as hub using (order_hk) where hub.order_id = 'T1'",
+    )
+    assert [str(discount) for (discount,) in versions] == ["0.0000"]
+
+
+def test_a_configured_date_format_refuses_what_does_not_fit_it(database, tmp_path):
+    config = tmp_path / "sources.yaml"
+    config.write_text(
+        "sources:\n"
+        "  customers:\n"
+        "    formats:\n"
+        "      signup_date: DD/MM/YYYY\n"
+        "  transactions:\n"
+        "    formats:\n"
+        "      transaction_ts: DD.MM.YYYY HH24:MI\n",
+        encoding="utf-8",
+    )
+    settings = database.model_copy(update={"sources_config": config})
+    deliver(
+        tmp_path / "day1",
+        customers=[
+            customer("C1", signup="05/05/2023"),
+            customer("C2", signup="5/5/23"),
+            customer("C3", signup="17/05/2023 oops"),
+        ],
+        transactions=[
+            order("T1", ts="17.05.2023 10:30"),
+            order("T2", ts="17.05.2023"),
+            order("T3", ts="17.05.23 10:30"),
+        ],
+    )
+
+    run_batch(tmp_path / "day1", settings)
+
+    assert {line: reason for line, (reason, _) in quarantined(settings, "customers").items()} == {
+        3: "invalid_date",
+        4: "invalid_date",
+    }
+    assert {
+        line: reason for line, (reason, _) in quarantined(settings, "transactions").items()
+    } == {
+        3: "invalid_date",
+        4: "invalid_date",
+    }
+    assert query(
+        settings,
+        "select signup_date::text from business_vault.vw_customer_360 where customer_id = 'C1'",
+    ) == [("2023-05-05",)]
+    assert query(
+        settings,
+        "select (transaction_ts at time zone 'UTC')::text from business_vault.vw_order_analytics",
+    ) == [("2023-05-17 10:30:00",)]
+
+
+def test_iso_dates_refuse_eras_words_and_a_twelve_hour_clock(database, tmp_path):
+    deliver(
+        tmp_path / "day1",
+        customers=[customer("C1"), customer("C2", signup="2024-1-1BC")],
+        transactions=[
+            order("T1", ts="2025-01-01T10:00:00+02:00"),
+            order("T2", ts="2025-01-01 10:00:00 BC"),
+            order("T3", ts="2025-01-01 10:00:00 PM"),
+            order("T4", ts="2025-01-01 allballs"),
+            order("T5", ts="2025-01-01 10:00:00.25"),
+        ],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    assert {line: reason for line, (reason, _) in quarantined(database, "customers").items()} == {
+        3: "invalid_date"
+    }
+    assert {
+        line: reason for line, (reason, _) in quarantined(database, "transactions").items()
+    } == {
+        3: "invalid_date",
+        4: "invalid_date",
+        5: "invalid_date",
+    }
+    assert query(
+        database,
+        "select order_id, (transaction_ts at time zone 'UTC')::text"
+        " from business_vault.vw_order_analytics order by order_id",
+    ) == [("T1", "2025-01-01 08:00:00"), ("T5", "2025-01-01 10:00:00.25")]
+
+
+def test_required_values_and_unknown_statuses_are_quarantined(database, tmp_path):
+    deliver(
+        tmp_path / "day1",
+        customers=[customer("C1"), "C2,Ann,Lee, ,,Leeds,,,,"],
+        products=[product("P1"), product("P2", category="")],
+        transactions=[
+            order("T1"),
+            order("T2", status=""),
+            order("T3", status="refunded"),
+            order("T4", customer_id=" "),
+            order("T5", status="Shipped"),
+        ],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    assert quarantined(database, "customers") == {3: ("missing_value", "no value for email")}
+    assert quarantined(database, "products") == {3: ("missing_value", "no value for category")}
+    assert quarantined(database, "transactions") == {
+        3: ("missing_value", "no value for order_status"),
+        4: (
+            "invalid_value",
+            "order_status 'refunded' is not one of completed, shipped, pending, cancelled,"
+            " returned",
+        ),
+        5: ("missing_key", "no value for customer_id"),
+    }
+    assert query(
+        database,
+        "select order_id, order_status from business_vault.vw_order_analytics order by order_id",
+    ) == [("T1", "completed"), ("T5", "shipped")]
+
+
+def test_a_number_with_more_decimal_places_than_its_column_keeps_is_refused(database, tmp_path):
+    deliver(
+        tmp_path / "day1",
+        products=[
+            product("P1"),
+            "P2,Thing,Tools,Acme,10.005,4.00",
+            "P3,Thing,Tools,Acme,10.50,4.1000",
+        ],
+        transactions=[
+            order("T1", discount="0.1250", total="10.00"),
+            order("T2", discount="0.12345"),
+            order("T3", total="9.999"),
+        ],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    assert quarantined(database, "products") == {
+        3: ("invalid_number", "unit_price '10.005' has more than 2 decimal places")
+    }
+    assert quarantined(database, "transactions") == {
+        3: ("invalid_number", "discount '0.12345' has more than 4 decimal places"),
+        4: (
+            "invalid_number",
+            "unit_price '9.999' has more than 2 decimal places,"
+            " total_amount '9.999' has more than 2 decimal places",
+        ),
+    }
+    assert query(
+        database,
+        "select product_id, unit_price::text, cost::text"
+        " from business_vault.vw_product_analytics order by product_id",
+    ) == [("P1", "10.00", "4.00"), ("P3", "10.50", "4.10")]
