@@ -48,12 +48,40 @@ HUB_INSERTS = {
     "hub_order": _new_keys("hub_order", "order_hk", "order_id", "stg_transactions"),
 }
 
+
+def _delivered_again(satellite: str, link_key: str, delivered: str) -> VaultInsert:
+    """Record the staged order links that were delivered before but are not their order's
+    latest delivered link (``delivered``: each link with the load that last delivered it): the
+    order had moved to another customer or product and came back. A relationship delivered
+    for the first time is recorded by its link row alone."""
+    statement = f"""
+        insert into raw_vault.{satellite} ({link_key}, load_dts, record_source)
+        select stg.{link_key}, %(load_dts)s, stg.record_source
+        from staging.stg_transactions as stg
+        join business_vault.{delivered} as this using ({link_key})
+        where stg.batch_id = %(batch_id)s
+          and this.delivered_dts < %(load_dts)s
+          and exists (
+              select from business_vault.{delivered} as other
+              where other.order_hk = stg.order_hk and other.delivered_dts > this.delivered_dts
+          )
+    """
+    return VaultInsert("stg_transactions", statement, statement)
+
+
+# Each link, then its effectivity satellite.
 LINK_INSERTS = {
     "link_customer_order": _new_keys(
         "link_customer_order", "customer_order_hk", "customer_hk, order_hk", "stg_transactions"
     ),
+    "sat_customer_order_effectivity": _delivered_again(
+        "sat_customer_order_effectivity", "customer_order_hk", "vw_customer_order_delivered"
+    ),
     "link_order_product": _new_keys(
         "link_order_product", "order_product_hk", "order_hk, product_hk", "stg_transactions"
+    ),
+    "sat_order_product_effectivity": _delivered_again(
+        "sat_order_product_effectivity", "order_product_hk", "vw_order_product_delivered"
     ),
 }
 

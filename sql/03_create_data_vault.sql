@@ -55,6 +55,26 @@ create table if not exists raw_vault.link_order_product (
     record_source    text        not null
 );
 
+-- Effectivity satellites of the two order links, the order being the driving key. A link row
+-- records the load that first delivered a relationship; a row here records a later load that
+-- delivered it again after the order had been delivered with another customer (or product).
+-- An order's current customer and product are those of its most recently delivered links
+-- (business_vault.order_links), so an order moved to another customer and back shows the
+-- right one.
+create table if not exists raw_vault.sat_customer_order_effectivity (
+    customer_order_hk uuid        not null,
+    load_dts          timestamptz not null,
+    record_source     text        not null,
+    primary key (customer_order_hk, load_dts)
+);
+
+create table if not exists raw_vault.sat_order_product_effectivity (
+    order_product_hk uuid        not null,
+    load_dts         timestamptz not null,
+    record_source    text        not null,
+    primary key (order_product_hk, load_dts)
+);
+
 -- Satellites: a row is added only when the hashdiff of the payload changes.
 create table if not exists raw_vault.sat_customer_details (
     customer_hk      uuid    not null,

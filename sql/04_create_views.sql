@@ -18,6 +18,8 @@ drop view if exists business_vault.vw_current_product cascade;
 drop view if exists business_vault.vw_customer_history cascade;
 drop view if exists business_vault.vw_product_history cascade;
 drop view if exists business_vault.vw_order_history cascade;
+drop view if exists business_vault.vw_customer_order_delivered cascade;
+drop view if exists business_vault.vw_order_product_delivered cascade;
 
 -- History of each customer's attributes: one row per satellite version, end-dated by the
 -- next version (the end date and is-current flag are derived here, never stored). The
@@ -142,6 +144,29 @@ create table business_vault.order_facts (
     product_hk     uuid        not null
 );
 
+-- Each order link with the load that last delivered it: the link's own load, or a later one
+-- recorded in its effectivity satellite (the relationship delivered again after the order had
+-- another). An order's current customer and product are those of its latest delivered links.
+create view business_vault.vw_customer_order_delivered as
+select link.customer_order_hk, link.customer_hk, link.order_hk,
+       greatest(link.load_dts, again.load_dts) as delivered_dts
+from raw_vault.link_customer_order as link
+left join (
+    select customer_order_hk, max(load_dts) as load_dts
+    from raw_vault.sat_customer_order_effectivity
+    group by customer_order_hk
+) as again using (customer_order_hk);
+
+create view business_vault.vw_order_product_delivered as
+select link.order_product_hk, link.order_hk, link.product_hk,
+       greatest(link.load_dts, again.load_dts) as delivered_dts
+from raw_vault.link_order_product as link
+left join (
+    select order_product_hk, max(load_dts) as load_dts
+    from raw_vault.sat_order_product_effectivity
+    group by order_product_hk
+) as again using (order_product_hk);
+
 -- The order facts as the vault holds them now: of the given orders, or of every order when
 -- none are given. A plain SQL function, so PostgreSQL inlines it and filters each step by
 -- the given orders instead of computing every order first.
@@ -156,19 +181,20 @@ with current_order_details as (
     order by order_hk, load_dts desc
 ),
 
--- An order links to its real customer once one is known, otherwise to the ghost record.
+-- The customer and product the latest delivery of each order named (the ghost record when
+-- that one was unknown).
 order_customer as (
     select distinct on (order_hk) order_hk, customer_hk
-    from raw_vault.link_customer_order
+    from business_vault.vw_customer_order_delivered
     where only_orders is null or order_hk = any (only_orders)
-    order by order_hk, customer_hk = '00000000-0000-0000-0000-000000000000', load_dts desc
+    order by order_hk, delivered_dts desc
 ),
 
 order_product as (
     select distinct on (order_hk) order_hk, product_hk
-    from raw_vault.link_order_product
+    from business_vault.vw_order_product_delivered
     where only_orders is null or order_hk = any (only_orders)
-    order by order_hk, product_hk = '00000000-0000-0000-0000-000000000000', load_dts desc
+    order by order_hk, delivered_dts desc
 )
 
 select
@@ -211,6 +237,10 @@ select coalesce(max(load_dts), '-infinity') from (
     select max(load_dts) from raw_vault.link_customer_order
     union all
     select max(load_dts) from raw_vault.link_order_product
+    union all
+    select max(load_dts) from raw_vault.sat_customer_order_effectivity
+    union all
+    select max(load_dts) from raw_vault.sat_order_product_effectivity
 ) as latest;
 
 -- The key the loader rewrites by, and the API's pages: a customer's orders, all orders

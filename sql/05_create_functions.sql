@@ -76,6 +76,16 @@ begin
         union
         select order_hk from raw_vault.link_order_product
         where load_dts > caught_up_to and load_dts <= snapshot
+        union
+        select link.order_hk
+        from raw_vault.sat_customer_order_effectivity as again
+        join raw_vault.link_customer_order as link using (customer_order_hk)
+        where again.load_dts > caught_up_to and again.load_dts <= snapshot
+        union
+        select link.order_hk
+        from raw_vault.sat_order_product_effectivity as again
+        join raw_vault.link_order_product as link using (order_product_hk)
+        where again.load_dts > caught_up_to and again.load_dts <= snapshot
     ) end;
 
     -- Rewriting a few orders costs little; when most of them changed (or the table is empty,

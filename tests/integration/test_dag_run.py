@@ -151,6 +151,8 @@ def test_dag_run_loads_what_the_files_hold(first_run, airflow_env, dag_settings,
         "sat_customer_details": len(expected.customers),
         "sat_product_details": len(expected.products),
         "sat_order_details": len(expected.orders),
+        "sat_customer_order_effectivity": 0,  # no order moved and came back
+        "sat_order_product_effectivity": 0,
         "order_total": sum(order["total"] for order in orders),
         "ghost_customer_orders": sum(1 for o in orders if o["customer_key"] == GHOST_ID),
     }

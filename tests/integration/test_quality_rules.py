@@ -234,6 +234,49 @@ def test_required_values_and_unknown_statuses_are_quarantined(database, tmp_path
     ) == [("T1", "completed"), ("T5", "shipped")]
 
 
+def test_an_order_moved_to_another_customer_and_back_belongs_to_the_first_again(database, tmp_path):
+    customers = [customer("C1"), customer("C2")]
+    products = [product("P1", category="Tools"), product("P2", category="Toys")]
+    deliveries = [("C1", "P1"), ("C2", "P2"), ("C1", "P1")]
+    for day, (customer_id, product_id) in enumerate(deliveries, start=1):
+        # A second order, different each day, keeps every day's files distinct.
+        transactions = [
+            order("T1", customer_id, product_id, total="20.00"),
+            order(f"X{day}", "C2", "P2", total="1.00"),
+        ]
+        folder = deliver(tmp_path / f"day{day}", customers, products, transactions)
+        run_batch(folder, database)
+
+        assert query(
+            database,
+            "select customer_id, product_id, category"
+            " from business_vault.vw_order_analytics where order_id = 'T1'",
+        ) == [(customer_id, product_id, "Tools" if product_id == "P1" else "Toys")]
+        # C2 has one X order of 1.00 from each day so far, and T1 when it is C2's.
+        values = dict(
+            query(
+                database,
+                "select customer_id, lifetime_value from business_vault.vw_customer_360",
+            )
+        )
+        t1_on_c2 = 20 if customer_id == "C2" else 0
+        assert values == {"C1": 20 - t1_on_c2, "C2": day + t1_on_c2}
+
+    # The relationships: two links for T1 each way, and one return recorded on each.
+    assert query(
+        database,
+        "select (select count(*) from raw_vault.sat_customer_order_effectivity),"
+        " (select count(*) from raw_vault.sat_order_product_effectivity)",
+    ) == [(1, 1)]
+    # The same files again change nothing.
+    run_batch(tmp_path / "day3", database)
+    assert query(
+        database,
+        "select (select count(*) from raw_vault.sat_customer_order_effectivity),"
+        " customer_id from business_vault.vw_order_analytics where order_id = 'T1'",
+    ) == [(1, "C1")]
+
+
 def test_a_number_with_more_decimal_places_than_its_column_keeps_is_refused(database, tmp_path):
     deliver(
         tmp_path / "day1",
