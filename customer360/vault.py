@@ -49,21 +49,34 @@ HUB_INSERTS = {
 }
 
 
-def _delivered_again(satellite: str, link_key: str, delivered: str) -> VaultInsert:
-    """Record the staged order links that were delivered before but are not their order's
-    latest delivered link (``delivered``: each link with the load that last delivered it): the
-    order had moved to another customer or product and came back. A relationship delivered
-    for the first time is recorded by its link row alone."""
+def _delivered_again(satellite: str, link: str, link_key: str, delivered: str) -> VaultInsert:
+    """Record the staged order links that an earlier load delivered but that are not their
+    order's latest delivered link (``delivered``: each link with the load that last delivered
+    it): the order had moved to another customer or product and came back. A relationship
+    delivered for the first time is recorded by its link row alone."""
     statement = f"""
+        with latest_before as (
+            select distinct on (order_hk) order_hk, {link_key}
+            from business_vault.{delivered}
+            where delivered_dts < %(load_dts)s
+              and order_hk in (
+                  select order_hk from staging.stg_transactions where batch_id = %(batch_id)s
+              )
+            order by order_hk, delivered_dts desc
+        )
         insert into raw_vault.{satellite} ({link_key}, load_dts, record_source)
         select stg.{link_key}, %(load_dts)s, stg.record_source
         from staging.stg_transactions as stg
-        join business_vault.{delivered} as this using ({link_key})
+        join latest_before using (order_hk)
         where stg.batch_id = %(batch_id)s
-          and this.delivered_dts < %(load_dts)s
+          and latest_before.{link_key} <> stg.{link_key}
           and exists (
-              select from business_vault.{delivered} as other
-              where other.order_hk = stg.order_hk and other.delivered_dts > this.delivered_dts
+              select from raw_vault.{link} as earlier
+              where earlier.{link_key} = stg.{link_key} and earlier.load_dts < %(load_dts)s
+          )
+          and not exists (
+              select from raw_vault.{satellite} as recorded
+              where recorded.{link_key} = stg.{link_key} and recorded.load_dts = %(load_dts)s
           )
     """
     return VaultInsert("stg_transactions", statement, statement)
@@ -75,13 +88,19 @@ LINK_INSERTS = {
         "link_customer_order", "customer_order_hk", "customer_hk, order_hk", "stg_transactions"
     ),
     "sat_customer_order_effectivity": _delivered_again(
-        "sat_customer_order_effectivity", "customer_order_hk", "vw_customer_order_delivered"
+        "sat_customer_order_effectivity",
+        "link_customer_order",
+        "customer_order_hk",
+        "vw_customer_order_delivered",
     ),
     "link_order_product": _new_keys(
         "link_order_product", "order_product_hk", "order_hk, product_hk", "stg_transactions"
     ),
     "sat_order_product_effectivity": _delivered_again(
-        "sat_order_product_effectivity", "order_product_hk", "vw_order_product_delivered"
+        "sat_order_product_effectivity",
+        "link_order_product",
+        "order_product_hk",
+        "vw_order_product_delivered",
     ),
 }
 
