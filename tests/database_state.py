@@ -1,4 +1,5 @@
-"""Snapshots of what a database holds, for tests that prove a step changed nothing."""
+"""Reading what a database holds: plain queries, and snapshots for tests that prove a step
+changed nothing."""
 
 from __future__ import annotations
 
@@ -20,3 +21,14 @@ def fingerprints(settings, relations) -> dict[str, tuple[int, str]]:
     finally:
         conn.close()
     return prints
+
+
+def query(settings, sql: str, params=None) -> list[tuple]:
+    """The rows of one statement, on a connection of its own."""
+    conn = psycopg2.connect(settings.dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from customer360.pipeline import load_links, run_batch
+from tests.database_state import query
 
 CUSTOMERS_HEADER = (
     "customer_id,first_name,last_name,email,phone,city,state,country,signup_date,customer_segment"
@@ -65,16 +65,6 @@ def database(make_database):
     return make_database().model_copy(
         update={"min_customers": 0, "min_products": 0, "min_transactions": 0}
     )
-
-
-def query(settings, sql: str, params=None) -> list[tuple]:
-    conn = psycopg2.connect(settings.dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def quarantined(settings, source: str) -> dict[int, tuple[str, str]]:

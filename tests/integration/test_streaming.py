@@ -43,6 +43,7 @@ from streaming.producer import (
     send_events,
 )
 from streaming.sink import OffsetRange, Sink, StaleOffsetsError
+from tests.database_state import query
 
 pytestmark = pytest.mark.kafka
 
@@ -187,16 +188,6 @@ def _truncate(settings: Settings) -> None:
     conn.close()
 
 
-def _query(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(settings.dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
 def create_topic(settings: Settings, topic: str, partitions: int, configs: dict) -> None:
     """A topic with its own configuration (the jobs create theirs with the broker's defaults)."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
@@ -230,7 +221,7 @@ def dead_letters(stream: Stream) -> list[tuple[tuple[int, int], bytes, dict[str,
 
 def failed_payloads(stream: Stream) -> dict[tuple[int, int], bytes]:
     """The payload of each row of failed_events, by source (partition, offset)."""
-    rows = _query(
+    rows = query(
         stream.settings,
         "select source_partition, source_offset, payload from public.failed_events"
         " where source_topic = %s",
@@ -241,7 +232,7 @@ def failed_payloads(stream: Stream) -> dict[tuple[int, int], bytes]:
 
 def committed(stream: Stream) -> int:
     """Records the group has written to PostgreSQL (partitions start at offset 0)."""
-    rows = _query(
+    rows = query(
         stream.settings,
         "select coalesce(sum(next_offset), 0) from public.consumer_offsets"
         " where consumer_group = %s and topic = %s",
@@ -406,7 +397,7 @@ def assert_exact_totals(stream: Stream, events: list[dict]) -> None:
     settings = stream.settings
     metrics = {
         (minute, kind): (count, amount)
-        for minute, kind, count, amount in _query(
+        for minute, kind, count, amount in query(
             settings,
             "select minute_start, event_type, event_count, amount from public.real_time_metrics",
         )
@@ -424,7 +415,7 @@ def assert_exact_totals(stream: Stream, events: list[dict]) -> None:
     ]
     customers = {
         row[0]: dict(zip(columns, row[1:], strict=True))
-        for row in _query(
+        for row in query(
             settings, f"select customer_id, {', '.join(columns)} from public.customer_activity"
         )
     }
@@ -444,7 +435,7 @@ def assert_exact_totals(stream: Stream, events: list[dict]) -> None:
     ]
     products = {
         row[0]: dict(zip(product_columns, row[1:], strict=True))
-        for row in _query(
+        for row in query(
             settings,
             f"select product_id, {', '.join(product_columns)} from public.product_activity",
         )
@@ -495,14 +486,14 @@ def test_every_aggregate_is_exact(stream: Stream, catalog: Catalog) -> None:
     ends: dict = defaultdict(int)
     for record in metadata:
         ends[record.partition] = max(ends[record.partition], record.offset + 1)
-    stored = _query(
+    stored = query(
         stream.settings,
         "select partition, next_offset from public.consumer_offsets where consumer_group = %s",
         (stream.group,),
     )
     assert dict(stored) == dict(ends)
     assert len(ends) == 6
-    assert _query(stream.settings, "select count(*) from public.failed_events") == [(0,)]
+    assert query(stream.settings, "select count(*) from public.failed_events") == [(0,)]
 
     # What the API shows for that customer, and for one the stream never saw.
     expected = expected_customers(events)[customer]
@@ -554,7 +545,7 @@ def test_malformed_events_go_to_dlq_and_failed_events(stream: Stream, catalog: C
     assert consumer.stop() == 0
 
     assert_exact_totals(stream, valid)
-    failed = _query(
+    failed = query(
         stream.settings,
         "select source_topic, source_partition, source_offset, payload, reason, record_key"
         " from public.failed_events",
@@ -636,7 +627,7 @@ def test_a_dead_letter_copy_the_broker_refuses_stops_the_consumer_before_its_bat
     assert "did not acknowledge every dead-letter record" in first.output()
     # The batch holding the record did not commit: its partition was not stored past it,
     # and failed_events does not have it.
-    stored = _query(
+    stored = query(
         stream.settings,
         "select next_offset from public.consumer_offsets"
         " where consumer_group = %s and topic = %s and partition = %s",
@@ -814,8 +805,8 @@ def test_a_batch_from_a_partition_owner_that_was_replaced_is_refused(
     finally:
         owner.close()
         zombie.close()
-    assert _query(stream.settings, "select total_events from public.customer_activity") == [(2,)]
-    assert _query(
+    assert query(stream.settings, "select total_events from public.customer_activity") == [(2,)]
+    assert query(
         stream.settings,
         "select next_offset from public.consumer_offsets where topic = %s",
         (stream.topic,),
@@ -921,7 +912,7 @@ def test_maximal_purchases_beyond_the_old_column_bounds_add_up_exactly(
 
     assert_exact_totals(stream, events)
     # Money keeps two decimals, as it is shown.
-    scales = _query(
+    scales = query(
         stream.settings,
         "select scale(amount) from public.real_time_metrics"
         " union select scale(cart_value) from public.customer_activity"

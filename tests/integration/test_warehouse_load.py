@@ -27,7 +27,7 @@ from customer360.pipeline import (
 from customer360.quality import ThresholdBreachedError
 from customer360.sources import SOURCE_NAMES
 from customer360.vault import VAULT_TABLES
-from tests.database_state import fingerprints
+from tests.database_state import fingerprints, query
 from tests.expected import (
     GHOST_ID,
     assert_customer_360_matches,
@@ -54,15 +54,6 @@ def vault_counts(settings) -> dict[str, int]:
 def vault_fingerprint(settings) -> dict[str, tuple[int, str]]:
     """Every vault table's row count and full content, to prove nothing changed."""
     return fingerprints(settings, [f"raw_vault.{table}" for table in VAULT_TABLES])
-
-
-def query(settings, sql: str, params=None) -> list[tuple]:
-    conn = psycopg2.connect(settings.dsn)
-    with conn.cursor() as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall()
-    conn.close()
-    return rows
 
 
 def load_up_to_the_vault(data_dir: Path, settings) -> int:
