@@ -17,7 +17,7 @@ import psycopg2.errors
 
 from customer360.db import DatabaseUnavailableError
 from customer360.embedded_db import EmbeddedDatabaseError
-from customer360.errors import UserFacingError
+from customer360.errors import UserFacingError, first_line
 
 COMMAND_MODULES = [
     "customer360.commands.airflow",
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return _print_error(str(exc))
     except SCHEMA_NOT_APPLIED as exc:
         return _print_error(
-            f"{_first_line(exc)}: the database's schema is missing or out of date;"
-            " apply it with `c360 migrate`"
+            f"{first_line(exc, type(exc).__name__)}: the database's schema is missing or"
+            " out of date; apply it with `c360 migrate`"
         )
     except psycopg2.OperationalError as exc:
         return _print_error(_database_failure(exc))
@@ -78,16 +78,13 @@ def _print_error(message: str) -> int:
     return 1
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _database_failure(exc: psycopg2.OperationalError) -> str:
     """One sentence for an error PostgreSQL or the connection to it raised mid-command."""
+    reason = first_line(exc, type(exc).__name__)
     # No SQLSTATE: the connection broke; class 08 and 57P: the server ended the connection.
     if exc.pgcode is None or exc.pgcode.startswith(("08", "57P")):
-        return f"lost the connection to PostgreSQL during the command: {_first_line(exc)}"
-    return f"PostgreSQL stopped the command: {_first_line(exc)}"
+        return f"lost the connection to PostgreSQL during the command: {reason}"
+    return f"PostgreSQL stopped the command: {reason}"
 
 
 if __name__ == "__main__":

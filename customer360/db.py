@@ -10,6 +10,7 @@ from contextvars import ContextVar
 import psycopg2
 import psycopg2.extensions
 
+from customer360.errors import first_line
 from customer360.settings import Settings, get_settings
 
 
@@ -29,7 +30,7 @@ def connect(settings: Settings | None = None, **kwargs) -> psycopg2.extensions.c
         return psycopg2.connect(settings.dsn, connect_timeout=5, **kwargs)
     except psycopg2.OperationalError as exc:
         hint = " (start it with `c360 db start`)" if settings.uses_embedded_database else ""
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection refused"
+        reason = first_line(exc, "connection refused")
         raise DatabaseUnavailableError(
             f"cannot reach PostgreSQL at {_redacted(settings.dsn)}{hint}: {reason}"
         ) from exc

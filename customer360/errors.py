@@ -7,3 +7,9 @@ class UserFacingError(Exception):
 
 class BatchInProgressError(UserFacingError):
     """Another batch is loading; this one can start once it has ended (the DAG retries it)."""
+
+
+def first_line(error: BaseException, fallback: str) -> str:
+    """The first line of an error's message (psycopg2's run over several), or ``fallback``
+    when it has none."""
+    return (str(error).strip().splitlines() or [fallback])[0]

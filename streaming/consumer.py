@@ -30,7 +30,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from customer360.db import DatabaseUnavailableError, connect
-from customer360.errors import UserFacingError
+from customer360.errors import UserFacingError, first_line
 from customer360.settings import Settings, get_settings
 from streaming.aggregate import aggregate
 from streaming.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, parse_event
@@ -491,7 +491,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             raise UserFacingError(str(cause)) from exc
         if not isinstance(cause, psycopg2.OperationalError):
             raise
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else "connection lost"
+        reason = first_line(cause, "connection lost")
         raise UserFacingError(
             f"lost the connection to PostgreSQL ({reason}); the current batch was not"
             " committed, and a restarted consumer resumes from the stored offsets"
