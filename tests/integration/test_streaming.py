@@ -309,6 +309,23 @@ def send_in_background(stream: Stream, events: list[dict], rate: float) -> Backg
 # --- The expected totals, folded here independently of streaming.aggregate ---------------
 
 
+def cart_event(
+    kind: str, customer_id: str, product_id: str, price, at: datetime, quantity: int = 1
+) -> dict:
+    """One cart or purchase event of the contract, built field by field."""
+    return {
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "event_type": kind,
+        "customer_id": customer_id,
+        "product_id": product_id,
+        "session_id": str(uuid.uuid4()),
+        "event_ts": at.isoformat(),
+        "quantity": quantity,
+        "price": price,
+    }
+
+
 def _ts(event: dict) -> datetime:
     return datetime.fromisoformat(event["event_ts"].replace("Z", "+00:00")).astimezone(UTC)
 
@@ -455,19 +472,8 @@ def test_every_aggregate_is_exact(stream: Stream, catalog: Catalog) -> None:
     for offset, (kind, quantity) in enumerate(
         [("add_to_cart", 2), ("purchase", 2), ("add_to_cart", 3), ("remove_from_cart", 1)]
     ):
-        events.append(
-            {
-                "schema_version": 1,
-                "event_id": str(uuid.uuid4()),
-                "event_type": kind,
-                "customer_id": customer,
-                "product_id": product,
-                "session_id": str(uuid.uuid4()),
-                "event_ts": (base + timedelta(seconds=offset)).isoformat(),
-                "quantity": quantity,
-                "price": price,
-            }
-        )
+        at = base + timedelta(seconds=offset)
+        events.append(cart_event(kind, customer, product, price, at, quantity))
     metadata = send(stream, events)
 
     consumer = stream.consumer()
@@ -703,19 +709,8 @@ def test_one_customers_events_share_a_partition_however_the_id_is_written(
         for step, (kind, spelling) in enumerate(
             [("add_to_cart", f" {customer.lower()}\t"), ("purchase", customer)]
         ):
-            events.append(
-                {
-                    "schema_version": 1,
-                    "event_id": str(uuid.uuid4()),
-                    "event_type": kind,
-                    "customer_id": spelling,
-                    "product_id": product,
-                    "session_id": str(uuid.uuid4()),
-                    "event_ts": (start + timedelta(seconds=2 * number + step)).isoformat(),
-                    "quantity": 1,
-                    "price": price,
-                }
-            )
+            at = start + timedelta(seconds=2 * number + step)
+            events.append(cart_event(kind, spelling, product, price, at))
     metadata = send(stream, events)
     partitions = defaultdict(set)
     for event, record in zip(events, metadata, strict=True):
