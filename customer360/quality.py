@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from customer360.errors import UserFacingError
-from customer360.sources import CANONICAL_ORDER, SourceSpec
+from customer360.sources import CANONICAL_ORDER, MAX_KEY_LENGTH, SourceSpec
 
 GHOST_KEY = "00000000-0000-0000-0000-000000000000"
 # The business key of the ghost customer and product (sql/03); no delivered row may take it.
@@ -142,6 +142,17 @@ def _reserved_key_rule(key_column: str) -> Rule:
     )
 
 
+def _key_length_rule(key_column: str) -> Rule:
+    """Rows whose key is longer than any key the warehouse indexes: one such row would
+    otherwise fail the whole batch when its hub's index refuses it."""
+    return Rule(
+        "invalid_key",
+        f"length(business_key) > {MAX_KEY_LENGTH}",
+        f"'{key_column} is ' || length(business_key) || ' characters long;"
+        f" a key has at most {MAX_KEY_LENGTH}'",
+    )
+
+
 def _missing_rule(reason: str, columns: tuple[str, ...]) -> Rule:
     """Rows where any listed column is empty or blank."""
     names = ", ".join(
@@ -177,6 +188,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             hash_keys={"customer_hk": "raw_vault.hash_key(landed.customer_id)"},
             rules=(
                 _reserved_key_rule("customer_id"),
+                _key_length_rule("customer_id"),
                 _missing_rule("missing_value", ("first_name", "last_name", "email")),
                 signup_rule,
             ),
@@ -193,6 +205,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             hash_keys={"product_hk": "raw_vault.hash_key(landed.product_id)"},
             rules=(
                 _reserved_key_rule("product_id"),
+                _key_length_rule("product_id"),
                 _missing_rule("missing_value", ("product_name", "category")),
                 _number_rule({"unit_price": "numeric(12, 2)", "cost": "numeric(12, 2)"}),
                 _decimal_places_rule({"unit_price": 2, "cost": 2}),
@@ -237,6 +250,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 },
             ),
             rules=(
+                _key_length_rule("transaction_id"),
                 # An order must name its customer and product: an unknown one is linked to
                 # the ghost record, a missing one is a missing part of the link's key.
                 _missing_rule("missing_key", ("customer_id", "product_id")),

@@ -16,6 +16,10 @@ DEFAULT_SOURCES_CONFIG = PROJECT_ROOT / "data" / "sources.yaml"
 
 SOURCE_NAMES = ("customers", "products", "transactions")
 
+# The longest business key (customer, product or order id) the platform takes, in characters
+# once trimmed: the warehouse indexes keys, and a B-tree entry cannot exceed about 2.7 kB.
+MAX_KEY_LENGTH = 100
+
 
 @dataclass(frozen=True)
 class CanonicalField:

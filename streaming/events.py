@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import orjson
 
+from customer360.sources import MAX_KEY_LENGTH
+
 SCHEMA_VERSION = 1
 
 EVENT_TYPES = (
@@ -51,9 +53,8 @@ REQUIRED_FIELDS = (
 # A single record larger than this is not a click; refuse it rather than parse it.
 MAX_EVENT_BYTES = 64 * 1024
 MAX_QUANTITY = 10_000
-MAX_IDENTIFIER_LENGTH = 100
 _UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
-IDENTIFIER_RULE = f"a string of 1 to {MAX_IDENTIFIER_LENGTH} characters without NUL, not blank"
+IDENTIFIER_RULE = f"a string of 1 to {MAX_KEY_LENGTH} characters without NUL, not blank"
 MAX_PRICE_CENTS = 100_000_000
 
 # Reasons quote the offending value, shortened: it may be 64 KB long, or nested deeper than
@@ -204,9 +205,7 @@ def _price_cents(value: object) -> int | None:
 
 def _is_identifier(value: object) -> bool:
     # PostgreSQL text cannot hold NUL; refusing it here keeps one bad record from failing a batch.
-    return (
-        isinstance(value, str) and 0 < len(value) <= MAX_IDENTIFIER_LENGTH and "\x00" not in value
-    )
+    return isinstance(value, str) and 0 < len(value) <= MAX_KEY_LENGTH and "\x00" not in value
 
 
 def business_key(value: object) -> str | None:

@@ -3,60 +3,14 @@ written here line by line, so every expected value is read off the lines themsel
 
 from __future__ import annotations
 
-from pathlib import Path
+import random
+import string
 
 import pytest
 
 from customer360.pipeline import load_links, run_batch
 from tests.database_state import query
-
-CUSTOMERS_HEADER = (
-    "customer_id,first_name,last_name,email,phone,city,state,country,signup_date,customer_segment"
-)
-PRODUCTS_HEADER = "product_id,product_name,category,brand,unit_price,cost"
-TRANSACTIONS_HEADER = (
-    "transaction_id,customer_id,product_id,quantity,unit_price,discount,total_amount,"
-    "transaction_ts,payment_method,order_status"
-)
-
-
-def customer(key: str, city: str = "Leeds", signup: str = "2024-01-02", email: str = "") -> str:
-    email = email or f"{key.lower()}@example.net"
-    return f"{key},Ann,Lee,{email},,{city},England,United Kingdom,{signup},Consumer"
-
-
-def product(key: str, category: str = "Tools") -> str:
-    return f"{key},Thing {key},{category},Acme,10.00,4.00"
-
-
-def order(
-    key: str,
-    customer_id: str = "C1",
-    product_id: str = "P1",
-    total: str = "10.00",
-    discount: str = "0.00",
-    ts: str = "2025-03-01 10:00:00",
-    status: str = "completed",
-) -> str:
-    return f"{key},{customer_id},{product_id},1,{total},{discount},{total},{ts},paypal,{status}"
-
-
-def deliver(
-    folder: Path,
-    customers: list[str] | None = None,
-    products: list[str] | None = None,
-    transactions: list[str] | None = None,
-) -> Path:
-    """Write one delivery; sources left out get a single clean row."""
-    folder.mkdir(parents=True)
-    files = {
-        "customers.csv": (CUSTOMERS_HEADER, customers or [customer("C1")]),
-        "products.csv": (PRODUCTS_HEADER, products or [product("P1")]),
-        "transactions.csv": (TRANSACTIONS_HEADER, transactions or [order("T1")]),
-    }
-    for name, (header, lines) in files.items():
-        (folder / name).write_text("\n".join([header, *lines]) + "\n", encoding="utf-8")
-    return folder
+from tests.deliveries import customer, deliver, order, product
 
 
 @pytest.fixture
@@ -301,3 +255,31 @@ def test_a_number_with_more_decimal_places_than_its_column_keeps_is_refused(data
         "select product_id, unit_price::text, cost::text"
         " from business_vault.vw_product_analytics order by product_id",
     ) == [("P1", "10.00", "4.00"), ("P3", "10.50", "4.10")]
+
+
+def test_a_key_longer_than_the_warehouse_indexes_is_refused_and_the_rest_loads(database, tmp_path):
+    # Random letters do not compress: 3,000 of them are more than a B-tree entry holds.
+    too_long = "".join(random.Random(7).choices(string.ascii_uppercase, k=3000))
+    longest = "K" * 100
+    deliver(
+        tmp_path / "day1",
+        customers=[customer("C1"), customer(too_long), customer(f"  {longest.lower()} ")],
+        products=[product("P1"), product("P" * 101)],
+        transactions=[order("T1"), order("T" * 101), order("T2", customer_id=longest)],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    assert quarantined(database, "customers") == {
+        3: ("invalid_key", "customer_id is 3000 characters long; a key has at most 100")
+    }
+    assert quarantined(database, "products") == {
+        3: ("invalid_key", "product_id is 101 characters long; a key has at most 100")
+    }
+    assert quarantined(database, "transactions") == {
+        3: ("invalid_key", "transaction_id is 101 characters long; a key has at most 100")
+    }
+    assert query(
+        database,
+        "select order_id, customer_id from business_vault.vw_order_analytics order by order_id",
+    ) == [("T1", "C1"), ("T2", longest)]
