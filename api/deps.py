@@ -17,6 +17,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from customer360.settings import Settings
+from customer360.sources import MAX_KEY_LENGTH
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -84,11 +85,15 @@ PoolDep = Annotated[AsyncConnectionPool, Depends(get_pool)]
 # scope="function": the connection goes back to the pool before the response is serialised.
 ConnectionDep = Annotated[AsyncConnection, Depends(get_connection, scope="function")]
 
-# Business keys as the source files give them (C000001, P00001, T00000001, or a user's own),
-# in any case and with the spaces, tabs and line breaks around them that the warehouse trims
-# (raw_vault.normalise_key): queries compare the key in that normalised form. A key that is
-# blank once trimmed fails the pattern.
-ID_PATTERN = r"^[ \t\r\n]*[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}[ \t\r\n]*$"
+# Business keys as the source files give them (C000001, P00001, T00000001, or a user's own in
+# any script), in any case and with the spaces, tabs and line breaks around them that the
+# warehouse trims (raw_vault.normalise_key): queries compare the key in that normalised form.
+# Any key the warehouse takes passes: up to MAX_KEY_LENGTH characters once trimmed, no control
+# characters. A key that is blank once trimmed fails the pattern.
+ID_PATTERN = (
+    r"^[ \t\r\n]*[^\x00-\x20\x7f]"
+    rf"(?:[^\x00-\x1f\x7f]{{0,{MAX_KEY_LENGTH - 2}}}[^\x00-\x20\x7f])?[ \t\r\n]*$"
+)
 # Free text: no control characters, which PostgreSQL text cannot hold (NUL) or mean nothing here.
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"

@@ -25,7 +25,9 @@ import pytest
 from api_support import TEST_API_KEYS, TEST_JWT_SECRET, free_port, running_api
 
 from customer360 import realtime
+from customer360.pipeline import run_batch
 from customer360.settings import PROJECT_ROOT, Settings
+from tests import deliveries
 
 KEY_HEADERS = {"X-API-Key": TEST_API_KEYS[0]}
 DATETIME_FIELDS = {
@@ -509,6 +511,41 @@ def test_ids_match_trimmed_and_case_insensitively(client: httpx.Client, dict_cur
         assert bodies(given_id) == canonical, repr(given_id)
 
 
+def test_a_users_own_keys_in_any_script_are_served(make_database, tmp_path: Path) -> None:
+    # Keys the warehouse takes that are neither ASCII letters nor digits: each is served,
+    # in the case the file gives or any other, with its one order.
+    keys = ["Łódź 7", "a@b.example", "Ωμέγα#1", "K" * 100]
+    settings = make_database().model_copy(
+        update={"min_customers": 0, "min_products": 0, "min_transactions": 0}
+    )
+    deliveries.deliver(
+        tmp_path / "day1",
+        customers=[
+            deliveries.customer(key, email=f"c{number}@example.net")
+            for number, key in enumerate(keys)
+        ],
+        transactions=[
+            deliveries.order(f"T{number}", customer_id=key) for number, key in enumerate(keys)
+        ],
+    )
+    run_batch(tmp_path / "day1", settings)
+
+    with (
+        running_api(settings, tmp_path, "own-keys") as url,
+        httpx.Client(base_url=url, headers=KEY_HEADERS, timeout=30) as own_client,
+    ):
+        for number, key in enumerate(keys):
+            for given_id in (key, key.lower(), f" {key.swapcase()}\t"):
+                in_path = urllib.parse.quote(given_id, safe="")
+                profile = own_client.get(f"/customers/{in_path}")
+                assert profile.status_code == 200, (given_id, profile.text)
+                assert profile.json()["customer_id"] == key.upper()
+                orders = own_client.get(f"/customers/{in_path}/orders").json()["items"]
+                assert [item["order_id"] for item in orders] == [f"T{number}"]
+        too_long = urllib.parse.quote("K" * 101)
+        assert own_client.get(f"/customers/{too_long}").status_code == 422
+
+
 # Products and orders -------------------------------------------------------------------------
 
 
@@ -610,7 +647,7 @@ def test_orders_of_unknown_customers_have_null_customer(client: httpx.Client, di
         ("/customers", {"segment": "Gold"}, "query.segment"),
         ("/customers", {"search": ""}, "query.search"),
         ("/customers", {"cursor": "not-a-cursor"}, "query.cursor"),
-        ("/customers/bad id!", {}, "path.customer_id"),
+        ("/customers/bad%01id", {}, "path.customer_id"),
         ("/customers/%20%20", {}, "path.customer_id"),
         ("/customers/%20/orders", {}, "path.customer_id"),
         ("/customers/%09/history", {}, "path.customer_id"),
