@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from customer360.errors import UserFacingError
-from customer360.sources import CANONICAL_ORDER, MAX_KEY_LENGTH, SourceSpec
+from customer360.sources import CANONICAL_ORDER, MAX_KEY_LENGTH, MAX_TEXT_LENGTH, SourceSpec
 
 GHOST_KEY = "00000000-0000-0000-0000-000000000000"
 # The business key of the ghost customer and product (sql/03); no delivered row may take it.
@@ -162,6 +162,21 @@ def _missing_rule(reason: str, columns: tuple[str, ...]) -> Rule:
     return Rule(reason, failing, f"'no value for ' || concat_ws(', ', {names})")
 
 
+def _text_length_rule(columns: tuple[str, ...]) -> Rule:
+    """Rows where a text column holds more than MAX_TEXT_LENGTH characters."""
+    checks = {column: f"length({clean(column)}) > {MAX_TEXT_LENGTH}" for column in columns}
+    lengths = ", ".join(
+        f"case when {check} then '{column} is ' || length({clean(column)})"
+        " || ' characters long' end"
+        for column, check in checks.items()
+    )
+    return Rule(
+        "invalid_value",
+        " or ".join(checks.values()),
+        f"concat_ws(', ', {lengths}) || '; a value has at most {MAX_TEXT_LENGTH}'",
+    )
+
+
 def _allowed_values_rule(column: str, allowed: tuple[str, ...]) -> Rule:
     """Rows whose ``column`` holds none of ``allowed`` (compared in lower case)."""
     listed = ", ".join(f"'{value}'" for value in allowed)
@@ -190,6 +205,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 _reserved_key_rule("customer_id"),
                 _key_length_rule("customer_id"),
                 _missing_rule("missing_value", ("first_name", "last_name", "email")),
+                _text_length_rule((*customer_text, "customer_segment")),
                 signup_rule,
             ),
             typed={
@@ -207,6 +223,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 _reserved_key_rule("product_id"),
                 _key_length_rule("product_id"),
                 _missing_rule("missing_value", ("product_name", "category")),
+                _text_length_rule(("product_name", "category", "brand")),
                 _number_rule({"unit_price": "numeric(12, 2)", "cost": "numeric(12, 2)"}),
                 _decimal_places_rule({"unit_price": 2, "cost": 2}),
             ),
@@ -255,6 +272,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 # the ghost record, a missing one is a missing part of the link's key.
                 _missing_rule("missing_key", ("customer_id", "product_id")),
                 _missing_rule("missing_value", ("order_status",)),
+                _text_length_rule(("payment_method",)),
                 _number_rule(
                     {
                         "quantity": "integer",

@@ -19,6 +19,9 @@ SOURCE_NAMES = ("customers", "products", "transactions")
 # The longest business key (customer, product or order id) the platform takes, in characters
 # once trimmed: the warehouse indexes keys, and a B-tree entry cannot exceed about 2.7 kB.
 MAX_KEY_LENGTH = 100
+# The longest text value (a name, an e-mail, a city, a category...): the business views index
+# several of them, and a value too long for its index entry would fail the whole refresh.
+MAX_TEXT_LENGTH = 255
 
 
 @dataclass(frozen=True)

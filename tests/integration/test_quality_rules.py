@@ -283,3 +283,38 @@ def test_a_key_longer_than_the_warehouse_indexes_is_refused_and_the_rest_loads(d
         database,
         "select order_id, customer_id from business_vault.vw_order_analytics order by order_id",
     ) == [("T1", "C1"), ("T2", longest)]
+
+
+def test_a_text_value_too_long_for_the_views_indexes_is_refused_and_the_rest_loads(
+    database, tmp_path
+):
+    # The e-mail is indexed by the customer view; 3,000 random letters would not fit an entry.
+    long_email = "".join(random.Random(8).choices(string.ascii_lowercase, k=3000)) + "@x.net"
+    longest_city = "Y" * 255
+    deliver(
+        tmp_path / "day1",
+        customers=[
+            customer("C1", city=longest_city),
+            customer("C2", email=long_email),
+            customer("C3", city="Z" * 256),
+        ],
+        products=[product("P1"), product("P2", category="T" * 256)],
+        transactions=[order("T1"), f"T2,C1,P1,1,10.00,0.00,10.00,2025-03-01,{'p' * 256},shipped"],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    limit = "; a value has at most 255"
+    assert quarantined(database, "customers") == {
+        3: ("invalid_value", f"email is {len(long_email)} characters long{limit}"),
+        4: ("invalid_value", f"city is 256 characters long{limit}"),
+    }
+    assert quarantined(database, "products") == {
+        3: ("invalid_value", f"category is 256 characters long{limit}")
+    }
+    assert quarantined(database, "transactions") == {
+        3: ("invalid_value", f"payment_method is 256 characters long{limit}")
+    }
+    assert query(database, "select customer_id, city from business_vault.vw_customer_360") == [
+        ("C1", longest_city)
+    ]
