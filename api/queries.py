@@ -51,7 +51,7 @@ HISTORY_COLUMNS = (
 
 
 # The type of the money sort columns (lifetime_value, revenue) in the business views.
-MONEY_SQL_TYPE = "numeric(14,2)"
+MONEY_SQL_TYPE = "numeric(30,2)"
 NUMERIC_SQL_TYPE = re.compile(r"numeric\((\d+),(\d+)\)")
 
 

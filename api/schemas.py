@@ -1,6 +1,6 @@
 """Response models, named for what they return, with an example for each field.
 
-Money is a JSON number with two decimals (the views hold numeric(14,2)); dates are ISO 8601
+Money is a JSON number with two decimals (the views hold numeric(30,2)); dates are ISO 8601
 days, timestamps ISO 8601 in UTC.
 """
 

@@ -2,7 +2,9 @@
 -- business views the API and BI tools read. Everything here is derived from the raw vault,
 -- so this file drops and rebuilds its objects and is safe to apply again at any time.
 -- Revenue figures count orders whose current status is not cancelled or returned;
--- order counts and first/last order dates count every order.
+-- order counts and first/last order dates count every order. Sums of money are
+-- numeric(30, 2): an order's total is below 10^12, and sums of many of them (or a margin of
+-- billions of units) must not overflow the refresh.
 
 drop materialized view if exists business_vault.mv_product_analytics cascade;
 drop materialized view if exists business_vault.mv_customer_360 cascade;
@@ -317,8 +319,8 @@ select
     customer.record_source,
     customer.load_dts                                                as profile_updated_at,
     coalesce(metrics.order_count, 0)::integer                        as order_count,
-    coalesce(metrics.lifetime_value, 0)::numeric(14, 2)              as lifetime_value,
-    round(metrics.lifetime_value / nullif(metrics.revenue_order_count, 0), 2)::numeric(14, 2)
+    coalesce(metrics.lifetime_value, 0)::numeric(30, 2)              as lifetime_value,
+    round(metrics.lifetime_value / nullif(metrics.revenue_order_count, 0), 2)::numeric(30, 2)
                                                                      as avg_order_value,
     metrics.first_order_date,
     metrics.last_order_date,
@@ -391,8 +393,8 @@ select
     product.unit_price,
     product.cost,
     coalesce(sales.units_sold, 0)::bigint                                   as units_sold,
-    coalesce(sales.revenue, 0)::numeric(14, 2)                              as revenue,
-    (coalesce(sales.revenue, 0) - coalesce(sales.units_sold, 0) * product.cost)::numeric(14, 2)
+    coalesce(sales.revenue, 0)::numeric(30, 2)                              as revenue,
+    (coalesce(sales.revenue, 0) - coalesce(sales.units_sold, 0) * product.cost)::numeric(30, 2)
                                                                             as margin,
     coalesce(sales.order_count, 0)::integer                                 as order_count,
     coalesce(sales.distinct_customers, 0)::integer                          as distinct_customers,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import string
+from decimal import Decimal
 
 import pytest
 
@@ -318,3 +319,28 @@ def test_a_text_value_too_long_for_the_views_indexes_is_refused_and_the_rest_loa
     assert query(database, "select customer_id, city from business_vault.vw_customer_360") == [
         ("C1", longest_city)
     ]
+
+
+def test_sums_beyond_any_single_orders_range_load_whole(database, tmp_path):
+    # Each row is within the contract; their sums are not within an order's numeric(14, 2).
+    biggest_total = "999999999999.00"
+    deliver(
+        tmp_path / "day1",
+        products=["P1,Thing,Tools,Acme,1000.00,1000.00"],
+        transactions=[
+            "T1,C1,P1,2000000000,1000.00,,10.00,2025-03-01 10:00:00,paypal,completed",
+            f"T2,C1,P1,1,1000.00,,{biggest_total},2025-03-01 10:00:00,paypal,completed",
+            f"T3,C1,P1,1,1000.00,,{biggest_total},2025-03-01 10:00:00,paypal,completed",
+        ],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    lifetime_value = Decimal("10.00") + 2 * Decimal(biggest_total)
+    units = 2_000_000_000 + 1 + 1
+    assert query(database, "select lifetime_value from business_vault.vw_customer_360") == [
+        (lifetime_value,)
+    ]
+    assert query(
+        database, "select units_sold, revenue, margin from business_vault.vw_product_analytics"
+    ) == [(units, lifetime_value, lifetime_value - units * Decimal("1000.00"))]
