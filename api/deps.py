@@ -17,7 +17,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from customer360.settings import Settings
-from customer360.sources import MAX_KEY_LENGTH
+from customer360.sources import MAX_KEY_LENGTH, MAX_TEXT_LENGTH
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -138,10 +138,11 @@ Cursor = Annotated[
 
 
 def text_query(description: str, example: str) -> Query:
-    """A free-text filter: 1-100 characters, no control characters."""
+    """A free-text filter: as long as any text value the warehouse takes, no control
+    characters."""
     return Query(
         min_length=1,
-        max_length=100,
+        max_length=MAX_TEXT_LENGTH,
         pattern=TEXT_PATTERN,
         description=description,
         examples=[example],
