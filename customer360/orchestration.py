@@ -20,6 +20,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from customer360.errors import DeliveryMissingError
 from customer360.settings import Settings, get_settings
 
 CONNECTION_ID = "customer360_postgres"
@@ -65,15 +66,20 @@ def dsn_from_connection(connection: Any) -> str:
 def landing_directory(logical_date: date, settings: Settings | None = None) -> Path:
     """Where a run for ``logical_date`` reads its files.
 
-    ``<landing_dir>/<YYYY-MM-DD>/`` when that folder exists, otherwise ``data_dir`` (the demo
-    data), so a fresh installation runs the DAG without any landing set-up.
+    ``<landing_dir>/<YYYY-MM-DD>/`` when a landing directory is configured; otherwise
+    ``data_dir`` (the demo data), so a fresh installation runs the DAG without any landing
+    set-up. A configured landing directory without that day's folder raises
+    ``DeliveryMissingError``: any other files loaded in its place would pass for that day's.
     """
     settings = settings or get_settings()
-    if settings.landing_dir is not None:
-        dated = Path(settings.landing_dir) / logical_date.isoformat()
-        if dated.is_dir():
-            return dated
-    return Path(settings.data_dir)
+    if settings.landing_dir is None:
+        return Path(settings.data_dir)
+    dated = Path(settings.landing_dir) / logical_date.isoformat()
+    if not dated.is_dir():
+        raise DeliveryMissingError(
+            f"no delivery for {logical_date.isoformat()}: {dated} does not exist (yet)"
+        )
+    return dated
 
 
 def notify_task_failure(context: dict[str, Any]) -> None:
@@ -92,13 +98,18 @@ def notify_task_failure(context: dict[str, Any]) -> None:
 
     # A breached threshold and a failed reconciliation are recorded by the pipeline itself.
     recorded_by_pipeline = (pipeline.ThresholdBreachedError, pipeline.ReconciliationError)
-    batch_id = task_instance.xcom_pull(task_ids=START_TASK_ID)
-    if batch_id is not None and not isinstance(exception, recorded_by_pipeline):
+    if not isinstance(exception, recorded_by_pipeline):
         try:
-            pipeline.fail_batch(int(batch_id), message, settings=settings_for_tasks())
+            settings = settings_for_tasks()
+            batch_id = task_instance.xcom_pull(task_ids=START_TASK_ID)
+            if batch_id is None:
+                # The start task may have opened the batch and failed before handing its id on.
+                batch_id = pipeline.open_batch_of_airflow_run(task_instance.run_id, settings)
+            if batch_id is not None:
+                pipeline.fail_batch(int(batch_id), message, settings=settings)
         except Exception:
             # The alert below matters more than the bookkeeping; the cause is in the task log.
-            log.exception("could not record the failure of batch %s", batch_id)
+            log.exception("could not record the failure of run %s's batch", task_instance.run_id)
     send_alert(f"[customer360] {where} failed", message)
 
 

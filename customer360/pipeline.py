@@ -83,6 +83,7 @@ def start_batch(
     settings: Settings | None = None,
     reload: bool = False,
     loader: psycopg2.extensions.connection | None = None,
+    airflow_run_id: str | None = None,
 ) -> int:
     """Open a batch for the files in ``data_dir``; returns its id.
 
@@ -95,6 +96,8 @@ def start_batch(
 
     ``loader`` is a connection that stays open until the batch ends (``run_batch``'s): it
     takes the batch's lock, so the batch counts as abandoned as soon as that session ends.
+    ``airflow_run_id`` names the DAG run opening the batch: a batch that run opened before (its
+    start task failed after opening it, and was retried) is closed as abandoned.
     """
     specs = load_source_specs(settings)
     for spec in specs.values():
@@ -105,6 +108,17 @@ def start_batch(
         cur.execute("lock table audit.load_batch in share row exclusive mode")
         # Indexes a stopped load had dropped for a bulk load are built again first.
         cur.execute("call raw_vault.build_indexes()")
+        if airflow_run_id:
+            # Nothing loads that batch: the run's later tasks wait for this one.
+            cur.execute(
+                """
+                update audit.load_batch
+                set status = 'failed', finished_at = clock_timestamp(),
+                    message = 'abandoned: its Airflow run opened a new batch'
+                where status = 'running' and airflow_run_id = %s
+                """,
+                (airflow_run_id,),
+            )
         cur.execute(
             """
             select batch_id, started_at from audit.load_batch
@@ -151,11 +165,15 @@ def start_batch(
             cur.execute(f"truncate staging.raw_{name}, staging.stg_{name}")
         cur.execute(
             """
-            insert into audit.load_batch (load_dts, data_dir, message)
-            values (date_trunc('milliseconds', clock_timestamp()), %s, %s)
+            insert into audit.load_batch (load_dts, data_dir, message, airflow_run_id)
+            values (date_trunc('milliseconds', clock_timestamp()), %s, %s, %s)
             returning batch_id
             """,
-            (str(Path(data_dir).resolve()), LOADING_IN_ONE_SESSION if loader else None),
+            (
+                str(Path(data_dir).resolve()),
+                LOADING_IN_ONE_SESSION if loader else None,
+                airflow_run_id,
+            ),
         )
         batch_id = cur.fetchone()[0]
         if loader:
@@ -169,6 +187,17 @@ def start_batch(
 # A batch that wrote to the vault, whether or not it went on to succeed (one that failed at
 # reconciliation keeps what its vault steps added).
 REACHED_THE_VAULT = "row_counts ? 'inserted'"
+
+
+def open_batch_of_airflow_run(airflow_run_id: str, settings: Settings | None = None) -> int | None:
+    """The batch a DAG run opened that is still running, if any."""
+    with transaction(settings) as cur:
+        cur.execute(
+            "select max(batch_id) from audit.load_batch"
+            " where status = 'running' and airflow_run_id = %s",
+            (airflow_run_id,),
+        )
+        return cur.fetchone()[0]
 
 
 def _checksums_if_loaded_before(specs, data_dir: Path, settings: Settings | None) -> dict | None:

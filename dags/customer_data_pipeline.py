@@ -4,8 +4,9 @@
 Loads one day's CSV files (customers, products, transactions) through staging and the quality
 checks into the Data Vault, reconciles it and refreshes the business views the API serves.
 
-* **Input**: `<C360_LANDING_DIR>/<logical date, YYYY-MM-DD>/` when that folder exists,
-  otherwise `C360_DATA_DIR` (the demo data).
+* **Input**: `<C360_LANDING_DIR>/<logical date, YYYY-MM-DD>/` when `C360_LANDING_DIR` is
+  set, otherwise `C360_DATA_DIR` (the demo data). A day whose folder has not arrived is
+  waited for (three retries, ten minutes apart), then fails and alerts.
 * **Database**: the Airflow connection `customer360_postgres`.
 * **Flow**: one batch per run; the three staging loads run in parallel, a breached row-count
   threshold fails `quality_check_staging` and leaves the vault untouched; links and satellites
@@ -17,7 +18,8 @@ checks into the Data Vault, reconciles it and refreshes the business views the A
 * **Retries**: three, 30 s apart and doubling, for transient errors (a database restart, a
   timeout); a batch already loading (a `c360 load` from the command line) is waited for, up
   to three times five minutes; a problem someone has to fix (a missing file, a wrong header,
-  a breached threshold) fails the task at once.
+  a breached threshold) fails the task at once. After a failure, clear the whole run, not one
+  task: its batch has been closed as failed, and `start_batch` opens a new one.
 * **Alerts**: a task failing after its retries, or a run still going 15 minutes after it was
   queued, is logged and e-mailed when `C360_SMTP_HOST` is set.
 
@@ -44,7 +46,7 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowSkipException
 
 from customer360 import orchestration
-from customer360.errors import BatchInProgressError, UserFacingError
+from customer360.errors import BatchInProgressError, DeliveryMissingError, UserFacingError
 
 SOURCES = ("customers", "products", "transactions")
 
@@ -65,6 +67,12 @@ default_args = {
                 retry_delay=timedelta(minutes=5),
                 reason="another batch is loading",
             ),
+            RetryRule(
+                exception=DeliveryMissingError,
+                action=RetryAction.RETRY,
+                retry_delay=timedelta(minutes=10),
+                reason="the day's files have not arrived",
+            ),
             RetryRule(exception=UserFacingError, action=RetryAction.FAIL),
         ]
     ),
@@ -82,6 +90,8 @@ default_args = {
     catchup=False,
     # Batches of one warehouse load one after another.
     max_active_runs=1,
+    # Scheduled as soon as Airflow first sees it: the nightly load is the point of the DAG.
+    is_paused_upon_creation=False,
     dagrun_timeout=timedelta(hours=1),
     default_args=default_args,
     tags=["customer360", "data-vault", "warehouse", "daily"],
@@ -104,7 +114,9 @@ def customer_data_pipeline():
         data_dir = orchestration.landing_directory(run_date.date(), settings)
         print(f"batch for {run_date.date().isoformat()} reads {data_dir}")
         try:
-            return pipeline.start_batch(data_dir, settings=settings)
+            return pipeline.start_batch(
+                data_dir, settings=settings, airflow_run_id=context["run_id"]
+            )
         except pipeline.SupersededFilesError as exc:
             # Nothing new to load, and loading it would undo later batches: not a failure.
             raise AirflowSkipException(str(exc)) from exc

@@ -17,6 +17,9 @@ create table if not exists audit.load_batch (
     message       text,
     report        jsonb
 );
+-- The Airflow run that opened the batch (null for `c360 load`): a retried start task finds the
+-- batch its earlier try opened.
+alter table audit.load_batch add column if not exists airflow_run_id text;
 
 -- Rows that failed a check (disposition 'rejected') or loaded against a ghost record
 -- ('ghost_linked'). Nothing is dropped silently: every such row is here with its reason.

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg2
@@ -43,9 +44,15 @@ def dag_settings(make_database, demo_data_dir: Path, tmp_path_factory) -> Settin
         update={
             "work_dir": tmp_path_factory.mktemp("dag-test-work"),
             "data_dir": demo_data_dir,
-            "landing_dir": tmp_path_factory.mktemp("landing"),
+            "landing_dir": None,
         }
     )
+
+
+@pytest.fixture(scope="module")
+def landing_root(tmp_path_factory) -> Path:
+    """A landing directory for the runs that set C360_LANDING_DIR."""
+    return tmp_path_factory.mktemp("landing")
 
 
 @pytest.fixture(scope="module")
@@ -180,17 +187,17 @@ def test_rerunning_a_date_changes_nothing(first_run, airflow_env, dag_settings):
 
 
 def test_a_run_reads_the_landing_folder_of_its_logical_date(
-    first_run, airflow_env, dag_settings, demo_data_dir
+    first_run, airflow_env, dag_settings, demo_data_dir, landing_root
 ):
     landing_date = "2026-01-16"
-    folder = Path(dag_settings.landing_dir) / landing_date
+    folder = landing_root / landing_date
     folder.mkdir()
     for name in ("customers.csv", "products.csv", "transactions.csv"):
         shutil.copy(demo_data_dir / name, folder / name)
     before = vault_snapshot(dag_settings)
 
     try:
-        landed = run_dag(airflow_env, landing_date)
+        landed = run_dag(airflow_env, landing_date, C360_LANDING_DIR=str(landing_root))
     finally:
         shutil.rmtree(folder)
 
@@ -230,10 +237,10 @@ def test_breached_threshold_fails_the_quality_check_and_spares_the_vault(
 
 
 def test_a_file_that_needs_fixing_fails_at_once_without_retries(
-    first_run, airflow_env, dag_settings, demo_data_dir
+    first_run, airflow_env, dag_settings, demo_data_dir, landing_root
 ):
     broken_date = "2026-01-17"
-    folder = Path(dag_settings.landing_dir) / broken_date
+    folder = landing_root / broken_date
     folder.mkdir()
     for name in ("customers.csv", "products.csv"):
         shutil.copy(demo_data_dir / name, folder / name)
@@ -247,7 +254,7 @@ def test_a_file_that_needs_fixing_fails_at_once_without_retries(
     batches_before = latest_batch(dag_settings)["batch_id"]
 
     try:
-        failed = run_dag(airflow_env, broken_date)
+        failed = run_dag(airflow_env, broken_date, C360_LANDING_DIR=str(landing_root))
     finally:
         shutil.rmtree(folder)
 
@@ -261,6 +268,38 @@ def test_a_file_that_needs_fixing_fails_at_once_without_retries(
     assert latest_try_number(airflow_env, "start_batch") == 1
     assert vault_snapshot(dag_settings) == before
     # The files were refused before a batch was opened.
+    assert latest_batch(dag_settings)["batch_id"] == batches_before
+
+
+def test_a_delivery_that_has_not_arrived_is_waited_for_not_replaced(
+    first_run, airflow_env, dag_settings, landing_root, tmp_path
+):
+    before = vault_snapshot(dag_settings)
+    batches_before = latest_batch(dag_settings)["batch_id"]
+    log_path = tmp_path / "run.log"
+
+    # The run would retry ten minutes later: it is stopped once its first try has failed.
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(DAG_FILE), "2026-01-19"],
+            env={**airflow_env, "C360_LANDING_DIR": str(landing_root)},
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while latest_task_states(airflow_env).get("start_batch") != "up_for_retry":
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(1)
+        finally:
+            process.kill()
+            process.wait()
+
+    missing = landing_root / "2026-01-19"
+    assert f"no delivery for 2026-01-19: {missing} does not exist" in log_path.read_text()
+    assert vault_snapshot(dag_settings) == before
     assert latest_batch(dag_settings)["batch_id"] == batches_before
 
 

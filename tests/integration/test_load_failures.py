@@ -18,7 +18,7 @@ import pytest
 from customer360.db import reused_connections, transaction
 from customer360.errors import BatchInProgressError
 from customer360.generator import generate_dataset
-from customer360.pipeline import run_batch, start_batch
+from customer360.pipeline import open_batch_of_airflow_run, run_batch, start_batch
 from tests.integration.test_cli import assert_one_line_error
 
 THRESHOLDS = {"min_customers": 100, "min_products": 10, "min_transactions": 100}
@@ -173,6 +173,21 @@ def test_a_batch_whose_loader_is_alive_still_blocks_another_start(settings, smal
         pytest.raises(BatchInProgressError, match="batch 1 has been loading"),
     ):
         start_batch(small_data, settings)
+
+
+def test_a_retried_start_task_closes_the_batch_its_earlier_try_opened(settings, small_data):
+    # The DAG's start task opened a batch and failed before handing its id on; Airflow retries it.
+    first = start_batch(small_data, settings, airflow_run_id="scheduled__2026-01-15")
+    second = start_batch(small_data, settings, airflow_run_id="scheduled__2026-01-15")
+
+    assert batch_statuses(settings) == [
+        ("failed", "abandoned: its Airflow run opened a new batch"),
+        ("running", None),
+    ]
+    assert open_batch_of_airflow_run("scheduled__2026-01-15", settings) == second != first
+    # Another run's batch is still one that is loading.
+    with pytest.raises(BatchInProgressError, match=f"batch {second} has been loading"):
+        start_batch(small_data, settings, airflow_run_id="scheduled__2026-01-16")
 
 
 def test_a_pooled_connection_that_failed_is_not_lent_again(database):

@@ -18,6 +18,7 @@ import pytest
 
 from customer360 import airflow_local, orchestration
 from customer360.commands import airflow as airflow_commands
+from customer360.errors import DeliveryMissingError
 from customer360.settings import PROJECT_ROOT, Settings, get_settings
 
 UNREACHABLE_DSN = "postgresql://nobody:secret@127.0.0.1:9/nowhere"
@@ -59,6 +60,7 @@ if dag is not None:
         doc_md=dag.doc_md or "",
         catchup=dag.catchup,
         max_active_runs=dag.max_active_runs,
+        paused_upon_creation=dag.is_paused_upon_creation,
         timetable=type(dag.timetable).__name__,
         cron=dag.timetable.expression,
         timezone=str(dag.timetable.timezone),
@@ -135,6 +137,8 @@ def test_dag_schedule_and_documentation(parsed_dag):
     assert "Customer 360 daily load" in parsed_dag["doc_md"]
     assert parsed_dag["catchup"] is False
     assert parsed_dag["max_active_runs"] == 1
+    # Scheduled from the start: a paused DAG would never run the nightly load.
+    assert parsed_dag["paused_upon_creation"] is False
     assert parsed_dag["cron"] == "0 0 * * *"
     assert parsed_dag["timezone"] == "UTC"
 
@@ -150,8 +154,8 @@ def test_every_task_retries_with_backoff_timeout_and_failure_alert(parsed_dag):
         assert info["backoff"] > 1, task_id
         assert info["timeout_seconds"] and info["timeout_seconds"] <= 15 * 60, task_id
         assert info["on_failure"] == ["customer360.orchestration.notify_task_failure"], task_id
-        # A batch already loading is waited for; other errors a retry cannot fix fail the task
-        # at once. The first matching rule decides, so the order matters.
+        # A batch already loading and a late delivery are waited for; other errors a retry
+        # cannot fix fail the task at once. The first matching rule decides.
         assert info["retry_policy"]["rules"] == [
             {
                 "exception": "customer360.errors.BatchInProgressError",
@@ -159,6 +163,13 @@ def test_every_task_retries_with_backoff_timeout_and_failure_alert(parsed_dag):
                 "match_subclasses": True,
                 "retry_delay": 300.0,
                 "reason": "another batch is loading",
+            },
+            {
+                "exception": "customer360.errors.DeliveryMissingError",
+                "action": "retry",
+                "match_subclasses": True,
+                "retry_delay": 600.0,
+                "reason": "the day's files have not arrived",
             },
             {
                 "exception": "customer360.errors.UserFacingError",
@@ -202,13 +213,14 @@ def test_airflow_environment_is_local_only(tmp_path):
     assert path[:2] == [str(home / "bin"), str(Path(sys.executable).parent)]
 
 
-def test_landing_directory_prefers_the_dated_folder(tmp_path):
+def test_landing_directory_is_the_dated_folder_and_never_the_demo_data_instead(tmp_path):
     landing, demo = tmp_path / "landing", tmp_path / "demo"
     (landing / "2026-03-01").mkdir(parents=True)
     settings = Settings(work_dir=tmp_path, landing_dir=landing, data_dir=demo)
 
     assert orchestration.landing_directory(date(2026, 3, 1), settings) == landing / "2026-03-01"
-    assert orchestration.landing_directory(date(2026, 3, 2), settings) == demo
+    with pytest.raises(DeliveryMissingError, match="no delivery for 2026-03-02"):
+        orchestration.landing_directory(date(2026, 3, 2), settings)
     no_landing = Settings(work_dir=tmp_path, landing_dir=None, data_dir=demo)
     assert orchestration.landing_directory(date(2026, 3, 1), no_landing) == demo
 
