@@ -53,11 +53,14 @@ MAX_DIRTY_RATE = 0.2
 CUSTOMERS_FILE = "customers.csv"
 PRODUCTS_FILE = "products.csv"
 TRANSACTIONS_FILE = "transactions.csv"
+SOURCE_FILES = (CUSTOMERS_FILE, PRODUCTS_FILE, TRANSACTIONS_FILE)
 MANIFEST_FILE = "dirty_rows.json"
 CHANGES_FILE = "changes.json"
 # What a whole data set holds; the manifest is written last, so it marks a finished run.
-DATASET_FILES = (CUSTOMERS_FILE, PRODUCTS_FILE, TRANSACTIONS_FILE, MANIFEST_FILE)
-NEXT_DAY_FILES = (CUSTOMERS_FILE, PRODUCTS_FILE, TRANSACTIONS_FILE, CHANGES_FILE, MANIFEST_FILE)
+DATASET_FILES = (*SOURCE_FILES, MANIFEST_FILE)
+NEXT_DAY_FILES = (*SOURCE_FILES, CHANGES_FILE, MANIFEST_FILE)
+# Marks a folder the generator writes into (see _start_dataset).
+GENERATED_MARKER = ".generated-sample-data"
 
 # The canonical headers of the input contract.
 CUSTOMER_COLUMNS = list(CANONICAL_ORDER["customers"])
@@ -632,8 +635,24 @@ def _open_for_replace(path: Path) -> Iterator[TextIO]:
 
 def _start_dataset(out: Path) -> None:
     """Create ``out`` and drop an earlier manifest, which this run writes last: until then the
-    folder is incomplete, so a run cut short cannot pass for the data set it was replacing."""
+    folder is incomplete, so a run cut short cannot pass for the data set it was replacing.
+
+    Refuses a folder holding source files the generator did not write (a user's own, say in
+    C360_DATA_DIR): they would be overwritten. A generated folder is marked from the start, so
+    a run cut short can be repeated.
+    """
+    marked = (out / GENERATED_MARKER).is_file() or (out / MANIFEST_FILE).is_file()
+    foreign = [name for name in SOURCE_FILES if (out / name).exists()]
+    if foreign and not marked:
+        raise UserFacingError(
+            f"{out} holds {', '.join(foreign)}, which the generator did not write: generating"
+            " there would overwrite them. Choose another folder (--out, or C360_DATA_DIR)"
+        )
     out.mkdir(parents=True, exist_ok=True)
+    (out / GENERATED_MARKER).write_text(
+        "Written by `c360 generate`; it may overwrite the files in this folder.\n",
+        encoding="utf-8",
+    )
     (out / MANIFEST_FILE).unlink(missing_ok=True)
 
 

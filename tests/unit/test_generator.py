@@ -21,12 +21,15 @@ from pathlib import Path
 import pytest
 
 from customer360 import generator
+from customer360.errors import UserFacingError
 from customer360.generator import generate_dataset, generate_next_day
 
 SCALE = {"customers": 600, "products": 300, "transactions": 4000}
 SEED = 7
 REFERENCE = date(2026, 1, 1)
 FILES = ("customers.csv", "products.csv", "transactions.csv")
+# The file that marks a folder the generator writes into.
+MARKER = ".generated-sample-data"
 HEADERS = {
     "customers.csv": [
         "customer_id",
@@ -184,7 +187,7 @@ def day2(day1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_same_seed_gives_identical_bytes(day1: Path, tmp_path: Path) -> None:
     generate_dataset(tmp_path, seed=SEED, **SCALE)
     assert file_digests(tmp_path) == file_digests(day1)
-    assert set(file_digests(day1)) == {*FILES, "dirty_rows.json"}
+    assert set(file_digests(day1)) == {*FILES, "dirty_rows.json", MARKER}
 
 
 def test_different_seed_gives_different_data(day1: Path, tmp_path: Path) -> None:
@@ -377,13 +380,15 @@ def test_next_day_transactions_are_status_changes_and_new_orders(day1: Path, day
 def test_next_day_is_deterministic(day1: Path, day2: Path, tmp_path: Path) -> None:
     generate_next_day(day1, tmp_path, seed=SEED)
     assert file_digests(tmp_path) == file_digests(day2)
-    assert set(file_digests(day2)) == {*FILES, "dirty_rows.json", "changes.json"}
+    assert set(file_digests(day2)) == {*FILES, "dirty_rows.json", "changes.json", MARKER}
 
 
 def test_generated_sets_are_complete_and_leave_no_temporary_files(day1: Path, day2: Path) -> None:
-    assert sorted(path.name for path in day1.iterdir()) == sorted([*FILES, "dirty_rows.json"])
+    assert sorted(path.name for path in day1.iterdir()) == sorted(
+        [*FILES, "dirty_rows.json", MARKER]
+    )
     assert sorted(path.name for path in day2.iterdir()) == sorted(
-        [*FILES, "dirty_rows.json", "changes.json"]
+        [*FILES, "dirty_rows.json", "changes.json", MARKER]
     )
     assert generator.dataset_complete(day1)
     assert generator.dataset_complete(day2, next_day=True)
@@ -423,7 +428,7 @@ def test_an_interrupted_generation_leaves_no_cut_off_file(
     now = file_digests(out)
     # Only whole files remain: this run's customers and products, the earlier transactions;
     # without this run's manifest the folder does not pass for a finished data set.
-    assert sorted(path.name for path in out.iterdir()) == sorted(FILES)
+    assert sorted(path.name for path in out.iterdir()) == sorted([*FILES, MARKER])
     assert now["transactions.csv"] == earlier["transactions.csv"]
     assert now["customers.csv"] == file_digests(day1)["customers.csv"]
     assert now["products.csv"] == file_digests(day1)["products.csv"]
@@ -462,3 +467,19 @@ def test_a_killed_generation_leaves_no_cut_off_file(day1: Path, tmp_path: Path) 
     generate_dataset(out, seed=SEED, **SCALE)
     assert file_digests(out) == file_digests(day1)
     assert generator.dataset_complete(out)
+
+
+def test_a_folder_of_a_users_own_files_is_not_written_over(day1: Path, tmp_path: Path) -> None:
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "customers.csv").write_text("customer_id,first_name\nMY-1,Real\n", encoding="utf-8")
+    (own / "transactions.csv").write_text("transaction_id\nMY-T1\n", encoding="utf-8")
+    before = file_digests(own)
+
+    with pytest.raises(UserFacingError, match="holds customers.csv, transactions.csv, which"):
+        generate_dataset(own, seed=SEED, **SCALE)
+    with pytest.raises(UserFacingError, match="the generator did not write"):
+        generate_next_day(day1, own)
+
+    assert file_digests(own) == before
+    assert sorted(path.name for path in own.iterdir()) == ["customers.csv", "transactions.csv"]
