@@ -291,17 +291,20 @@ favourite_category as (
     order by customer_hk, units desc, category
 ),
 
--- Quintile scores among customers with revenue; 5 is best. Ties break on customer_id so
--- the scores are deterministic.
+-- Quintile scores among customers with revenue; 5 is best. A score is the fifth of the
+-- ranking the customer's rank falls in, equal values taking the same (lowest) rank, so
+-- customers who behave alike score alike whatever their ids.
 rfm_scores as (
     select
-        metrics.customer_hk,
-        ntile(5) over (order by metrics.last_revenue_order_date, hub.customer_id) as recency_score,
-        ntile(5) over (order by metrics.revenue_order_count, hub.customer_id)     as frequency_score,
-        ntile(5) over (order by metrics.lifetime_value, hub.customer_id)          as monetary_score
-    from order_metrics as metrics
-    join raw_vault.hub_customer as hub using (customer_hk)
-    where metrics.revenue_order_count > 0
+        customer_hk,
+        1 + 5 * (rank() over (order by last_revenue_order_date) - 1) / count(*) over ()
+                                                                     as recency_score,
+        1 + 5 * (rank() over (order by revenue_order_count) - 1) / count(*) over ()
+                                                                     as frequency_score,
+        1 + 5 * (rank() over (order by lifetime_value) - 1) / count(*) over ()
+                                                                     as monetary_score
+    from order_metrics
+    where revenue_order_count > 0
 )
 
 select

@@ -3,6 +3,7 @@ Python from the files and the generator's manifest of dirty rows, never from the
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 from collections import Counter, defaultdict
@@ -138,24 +139,19 @@ def customer_metrics(expected: ExpectedWarehouse) -> dict[str, dict]:
     return metrics
 
 
-def _ntile(ordered_keys: list[str], buckets: int = 5) -> dict[str, int]:
-    """PostgreSQL's ntile(): the first (n % buckets) groups get one extra member."""
-    n = len(ordered_keys)
-    size, extra = divmod(n, buckets)
-    scores, position = {}, 0
-    for bucket in range(1, buckets + 1):
-        count = size + (1 if bucket <= extra else 0)
-        for key in ordered_keys[position : position + count]:
-            scores[key] = bucket
-        position += count
-    return scores
+def _quintiles(values: dict[str, object]) -> dict[str, int]:
+    """Score 1-5 by the fifth of the ranking each value falls in: a value's rank is one more
+    than the number of smaller values, so equal values score alike."""
+    ordered = sorted(values.values())
+    n = len(ordered)
+    return {key: 1 + 5 * bisect.bisect_left(ordered, value) // n for key, value in values.items()}
 
 
 def _rfm(metrics: dict[str, dict]) -> None:
     buyers = [key for key, m in metrics.items() if m["revenue_orders"] > 0]
-    recency = _ntile(sorted(buyers, key=lambda k: (metrics[k]["last_revenue"], k)))
-    frequency = _ntile(sorted(buyers, key=lambda k: (metrics[k]["revenue_orders"], k)))
-    monetary = _ntile(sorted(buyers, key=lambda k: (metrics[k]["lifetime_value"], k)))
+    recency = _quintiles({key: metrics[key]["last_revenue"] for key in buyers})
+    frequency = _quintiles({key: metrics[key]["revenue_orders"] for key in buyers})
+    monetary = _quintiles({key: metrics[key]["lifetime_value"] for key in buyers})
     for key, m in metrics.items():
         if key not in recency:
             m["rfm"] = (None, None, None, "No Purchases")
