@@ -33,7 +33,6 @@ EXPECTED_FAILURES = (
     UserFacingError,
     DatabaseUnavailableError,
     EmbeddedDatabaseError,
-    FileNotFoundError,
 )
 
 # What PostgreSQL says about a schema object `c360 migrate` creates when it is not there.
@@ -69,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except psycopg2.OperationalError as exc:
         return _print_error(_database_failure(exc))
+    except OSError as exc:
+        return _print_error(_file_failure(exc))
     except KeyboardInterrupt:
         return 130
 
@@ -76,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
 def _print_error(message: str) -> int:
     print(f"c360: error: {message}", file=sys.stderr)
     return 1
+
+
+def _file_failure(exc: OSError) -> str:
+    """One sentence for a file the command could not read or write: the problem and the path."""
+    if exc.filename is None:
+        return first_line(exc, type(exc).__name__)
+    path = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else exc.filename
+    return f"{exc.strerror or type(exc).__name__}: {path}"
 
 
 def _database_failure(exc: psycopg2.OperationalError) -> str:

@@ -58,6 +58,13 @@ class EmbeddedServer:
     def start(self) -> None:
         """Initialise the data directory if needed, start the server and create the database."""
         if self.is_running():
+            running_port = self._running_port()
+            if running_port is not None and running_port != self.port:
+                # The server would never answer on our port: say so rather than wait for it.
+                raise EmbeddedDatabaseError(
+                    f"the embedded server in {self.pgdata} already runs on port {running_port};"
+                    f" stop it with `c360 db stop` or set C360_EMBEDDED_PG_PORT={running_port}"
+                )
             self._ensure_database()
             return
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -83,17 +90,34 @@ class EmbeddedServer:
         )
         self._ensure_database()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
         """Stop the server if it runs (fast shutdown: open sessions are disconnected; an
-        immediate one if that did not end it)."""
-        if not (self.pgdata / "postmaster.pid").exists():
-            return
+        immediate one if that did not end it); returns whether there was a server to stop.
+
+        Raises ``EmbeddedDatabaseError`` when the server still runs after both.
+        """
+        if not self.is_running():
+            return False
         for mode in ("fast", "immediate"):
             stopped = self._run(
                 "pg_ctl", "-D", str(self.pgdata), "-w", "-m", mode, "stop", check=False
             )
             if stopped.returncode == 0 or not self.is_running():
-                return
+                return True
+        detail = (stopped.stderr or stopped.stdout).strip().splitlines()
+        reason = detail[-1] if detail else f"exit code {stopped.returncode}"
+        raise EmbeddedDatabaseError(
+            f"the embedded server in {self.pgdata} still runs after pg_ctl stop ({reason});"
+            f" see {self.log_file}"
+        )
+
+    def _running_port(self) -> int | None:
+        """The port in the running server's postmaster.pid (its fourth line), if readable."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+            return int(lines[3])
+        except (OSError, IndexError, ValueError):
+            return None
 
     def is_running(self) -> bool:
         if not (self.pgdata / "postmaster.pid").exists():

@@ -43,8 +43,10 @@ def db_stop(args: argparse.Namespace) -> int:
     if not settings.uses_embedded_database:
         print("using the configured database (C360_DATABASE_URL); nothing to stop")
         return 0
-    server_for_settings(settings).stop()
-    print("embedded PostgreSQL stopped")
+    if server_for_settings(settings).stop():
+        print("embedded PostgreSQL stopped")
+    else:
+        print("embedded PostgreSQL was not running")
     return 0
 
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from customer360.errors import UserFacingError
 from customer360.generator import (
+    CUSTOMERS_FILE,
     DEFAULT_CUSTOMERS,
     DEFAULT_PRODUCTS,
     DEFAULT_SEED,
     DEFAULT_TRANSACTIONS,
     MANIFEST_FILE,
+    PRODUCTS_FILE,
+    TRANSACTIONS_FILE,
     generate_dataset,
     generate_next_day,
+    read_manifest,
 )
 from customer360.settings import get_settings
 
@@ -25,7 +30,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="write deterministic sample CSV files with known dirty rows",
         description=(
             "Write customers.csv, products.csv, transactions.csv and dirty_rows.json (every "
-            "deliberately broken row and why the loader should quarantine it). With --next-day, "
+            "deliberately broken row and what the loader does with it). With --next-day, "
             "write the following day's delivery on top of an existing data set, plus changes.json."
         ),
     )
@@ -47,7 +52,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--next-day",
         action="store_true",
-        help="write the next day's snapshot of the --base data set instead of a new data set",
+        help="write the next day's snapshot of the --base data set instead of a new data set."
+        " Its transactions.csv holds only that day's new and changed orders, about 7%% of the"
+        " base's: below about 14,000 base transactions that is under the 1,000 rows `c360 load`"
+        " requires by default (C360_MIN_TRANSACTIONS)",
     )
     parser.add_argument(
         "--base", type=Path, help="the day-1 data set for --next-day (default: data_dir)"
@@ -79,6 +87,7 @@ def run_generate(args: argparse.Namespace) -> int:
             print(f"  {file_name:<17} {rows:>11,} rows")
         for change, count in result["changes"].items():
             print(f"  {change:<22} {count:>6,}")
+        _warn_below_load_thresholds(out)
         return 0
 
     out = args.out or data_dir
@@ -93,5 +102,30 @@ def run_generate(args: argparse.Namespace) -> int:
     print(f"wrote {out} in {elapsed:.1f} s (seed {args.seed})")
     for file_name, counts in result["counts"].items():
         print(f"  {file_name:<17} {counts['rows']:>11,} rows {counts['dirty']:>8,} dirty")
-    print(f"  {MANIFEST_FILE} lists each dirty row, its line and why the loader rejects it")
+    print(f"  {MANIFEST_FILE} lists each dirty row, its line and what the loader does with it")
+    _warn_below_load_thresholds(out)
     return 0
+
+
+def _warn_below_load_thresholds(out: Path) -> None:
+    """Warn, on one line, when a written file has fewer rows than `c360 load` requires of it,
+    with thresholds its load would pass."""
+    settings = get_settings()
+    minimums = {
+        CUSTOMERS_FILE: ("C360_MIN_CUSTOMERS", settings.min_customers),
+        PRODUCTS_FILE: ("C360_MIN_PRODUCTS", settings.min_products),
+        TRANSACTIONS_FILE: ("C360_MIN_TRANSACTIONS", settings.min_transactions),
+    }
+    short, lowered = [], []
+    for file_name, counts in read_manifest(out)["counts"].items():
+        variable, minimum = minimums[file_name]
+        if counts["rows"] < minimum:
+            short.append(f"{file_name} has {counts['rows']:,} rows but {variable} is {minimum:,}")
+            # Dirty rows aside, every row passes the checks: the rest is a threshold it meets.
+            lowered.append(f"{variable}={counts['rows'] - counts['dirty']}")
+    if short:
+        print(
+            f"c360: warning: {'; '.join(short)}, so `c360 load` fails its row-count threshold;"
+            f" load it with lower ones: {' '.join(lowered)} c360 load --data-dir {out}",
+            file=sys.stderr,
+        )

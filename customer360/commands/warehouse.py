@@ -44,7 +44,7 @@ def load_command(args: argparse.Namespace) -> int:
     def progress(stage: str, info: dict) -> None:
         if not args.json:
             elapsed = time.perf_counter() - started
-            print(f"[{elapsed:7.2f}s] {stage:<16} {_summary(info)}", flush=True)
+            print(f"[{elapsed:7.2f}s] {stage:<16} {_summary(stage, info)}".rstrip(), flush=True)
 
     report = run_batch(Path(data_dir), progress=progress, reload=args.reload)
     if args.json:
@@ -99,9 +99,7 @@ def print_report(report: dict) -> None:
     quarantined = counts.get("quarantined", {})
     print(f"  {'source':<14}{'rows':>10}{'staged':>10}{'quarantined':>13}")
     for source, info in landed.items():
-        rejected = sum(
-            n for reason, n in quarantined.get(source, {}).items() if "ghost" not in reason
-        )
+        rejected = sum(n for reason, n in quarantined.get(source, {}).items() if _rejected(reason))
         print(f"  {source:<14}{info['data_rows']:>10,}{staged.get(source, 0):>10,}{rejected:>13,}")
     for source, reasons in quarantined.items():
         for reason, count in reasons.items():
@@ -126,8 +124,34 @@ def print_report(report: dict) -> None:
         print(f"  {report['message']}")
 
 
-def _summary(info: dict) -> str:
-    return (
-        ", ".join(f"{key}={value}" for key, value in info.items() if not isinstance(value, dict))
-        or (json.dumps(info)[:120])
-    )
+def _summary(stage: str, info: dict) -> str:
+    """The detail of a stage's progress line: its counts, whole and on one line."""
+    if stage == "quality_checks":
+        return _checks_summary(info["staged"], info["quarantined"])
+    return ", ".join(f"{key}={value}" for key, value in info.items())
+
+
+def _checks_summary(staged: dict[str, int], quarantined: dict[str, dict[str, int]]) -> str:
+    """Rows staged per source; rows quarantined and rows loaded ghost-linked, in all and
+    per source."""
+    rejected, ghost_linked = {}, {}
+    for source, reasons in quarantined.items():
+        rejected[source] = sum(n for reason, n in reasons.items() if _rejected(reason))
+        ghost_linked[source] = sum(n for reason, n in reasons.items() if not _rejected(reason))
+    parts = [
+        "staged " + " ".join(f"{source}={count}" for source, count in staged.items()),
+        _total_by_source("quarantined", rejected),
+    ]
+    if any(ghost_linked.values()):
+        parts.append(_total_by_source("loaded ghost-linked", ghost_linked))
+    return "; ".join(parts)
+
+
+def _total_by_source(label: str, counts: dict[str, int]) -> str:
+    by_source = ", ".join(f"{source} {count}" for source, count in counts.items() if count)
+    return f"{label} {sum(counts.values())}" + (f" ({by_source})" if by_source else "")
+
+
+def _rejected(reason: str) -> bool:
+    # Unknown customers and products are quarantined too, but their rows load ghost-linked.
+    return "ghost-linked" not in reason

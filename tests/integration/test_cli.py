@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import csv
+import errno
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 
 import psycopg2
 import pytest
 
+from customer360.embedded_db import EmbeddedServer
 from customer360.generator import generate_dataset, generate_next_day
 from tests.conftest import free_port
 
 
 def c360(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the command with these variables added to the environment (None removes one)."""
+    merged = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "customer360.cli", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={name: value for name, value in merged.items() if value is not None},
         timeout=300,
     )
 
@@ -83,6 +90,32 @@ def test_load_prints_progress_per_stage_and_the_report(make_database, demo_data_
     ):
         assert stage in result.stdout
     assert "reconciliation: 13/13 checks passed" in result.stdout
+    # The quality checks' line in full, from the generator's own count of the rows it spoiled.
+    files = json.loads((demo_data_dir / "dirty_rows.json").read_text())["counts"]
+    staged, rejected, ghost_linked = {}, {}, {}
+    for source in ("customers", "products", "transactions"):
+        counts = files[f"{source}.csv"]
+        ghost_linked[source] = sum(
+            counts["kinds"].get(kind, 0) for kind in ("unknown_customer", "unknown_product")
+        )
+        rejected[source] = counts["dirty"] - ghost_linked[source]
+        staged[source] = counts["rows"] - rejected[source]
+    checks_line = next(line for line in result.stdout.splitlines() if "quality_checks" in line)
+
+    def per_source(counts: dict[str, int]) -> str:
+        return (
+            f"{sum(counts.values())} ("
+            + ", ".join(f"{source} {n}" for source, n in counts.items() if n)
+            + ")"
+        )
+
+    assert checks_line.split("quality_checks", 1)[1].strip() == (
+        "staged "
+        + " ".join(f"{source}={n}" for source, n in staged.items())
+        + f"; quarantined {per_source(rejected)}; loaded ghost-linked {per_source(ghost_linked)}"
+    )
+    # A stage with nothing to count shows its time only.
+    assert re.search(r"^\[ *[0-9.]+s\] refresh_views$", result.stdout, re.MULTILINE)
 
     report = c360("report", env={"C360_DATABASE_URL": settings.dsn})
     assert report.returncode == 0, report.stderr
@@ -244,3 +277,219 @@ def test_a_malformed_source_configuration_is_refused_before_any_batch_starts(
         cur.execute("select count(*) from audit.load_batch")
         assert cur.fetchone()[0] == 0
     conn.close()
+
+
+def test_an_output_path_that_is_a_file_is_one_clear_line(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder\n")
+
+    result = c360(
+        "generate",
+        "--customers",
+        "10",
+        "--products",
+        "10",
+        "--transactions",
+        "10",
+        "--out",
+        str(taken),
+    )
+
+    assert_one_line_error(result, os.strerror(errno.EEXIST), str(taken))
+
+
+def test_a_source_file_that_is_a_folder_is_one_clear_line(make_database, demo_data_dir, tmp_path):
+    settings = make_database()
+    for name in ("products.csv", "transactions.csv"):
+        shutil.copy(demo_data_dir / name, tmp_path / name)
+    (tmp_path / "customers.csv").mkdir()
+
+    result = c360("load", "--data-dir", str(tmp_path), env={"C360_DATABASE_URL": settings.dsn})
+
+    assert_one_line_error(result, os.strerror(errno.EISDIR), str(tmp_path / "customers.csv"))
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder nothing may be created in, not even by root (whom file modes do not stop)."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a folder immutable here (chattr +i)")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_folder_the_command_may_not_write_to_is_one_clear_line(unwritable_folder):
+    out = unwritable_folder / "data"
+
+    result = c360(
+        "generate",
+        "--customers",
+        "10",
+        "--products",
+        "10",
+        "--transactions",
+        "10",
+        "--out",
+        str(out),
+    )
+
+    refusals = (os.strerror(errno.EACCES), os.strerror(errno.EPERM))
+    assert_one_line_error(result, str(out))
+    assert any(refusal in result.stderr for refusal in refusals), result.stderr
+
+
+@pytest.fixture
+def own_embedded_work_dir(tmp_path):
+    """A work dir of the test's own for `c360 db`; any server left running in it is stopped."""
+    work_dir = tmp_path / "work"
+    yield work_dir
+    # pg_ctl finds the server by its data directory, whatever its port.
+    EmbeddedServer(pgdata=work_dir / "postgres" / "pgdata", port=0).stop()
+
+
+def embedded_env(work_dir, port: int) -> dict:
+    return {
+        "C360_WORK_DIR": str(work_dir),
+        "C360_EMBEDDED_PG_PORT": str(port),
+        "C360_DATABASE_URL": None,
+    }
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres").close()
+    except psycopg2.OperationalError:
+        return False
+    return True
+
+
+def test_db_start_on_another_port_than_the_running_server_names_its_port(own_embedded_work_dir):
+    running_port, other_port = free_port(), free_port()
+    pgdata = own_embedded_work_dir / "postgres" / "pgdata"
+    started = c360("db", "start", env=embedded_env(own_embedded_work_dir, running_port))
+    assert started.returncode == 0, started.stderr
+
+    refused = c360("db", "start", env=embedded_env(own_embedded_work_dir, other_port))
+
+    assert_one_line_error(
+        refused, str(pgdata), f"port {running_port}", f"C360_EMBEDDED_PG_PORT={running_port}"
+    )
+    assert accepts_connections(running_port)
+    assert not accepts_connections(other_port)
+
+
+def test_db_stop_says_whether_a_server_was_running(own_embedded_work_dir):
+    port = free_port()
+    env = embedded_env(own_embedded_work_dir, port)
+
+    never_started = c360("db", "stop", env=env)
+    assert never_started.returncode == 0, never_started.stderr
+    assert never_started.stdout.strip() == "embedded PostgreSQL was not running"
+
+    assert c360("db", "start", env=env).returncode == 0
+    stopped = c360("db", "stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.strip() == "embedded PostgreSQL stopped"
+    assert not accepts_connections(port)
+    assert not (own_embedded_work_dir / "postgres" / "pgdata" / "postmaster.pid").exists()
+
+    again = c360("db", "stop", env=env)
+    assert again.stdout.strip() == "embedded PostgreSQL was not running"
+
+
+def test_db_stop_reports_a_server_that_does_not_stop(own_embedded_work_dir):
+    port = free_port()
+    env = embedded_env(own_embedded_work_dir, port)
+    assert c360("db", "start", env=env).returncode == 0
+    pgdata = own_embedded_work_dir / "postgres" / "pgdata"
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    # A suspended postmaster cannot act on pg_ctl's shutdown signals; pg_ctl gives up after
+    # PGCTLTIMEOUT seconds.
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        result = c360("db", "stop", env={**env, "PGCTLTIMEOUT": "2"})
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+
+    assert_one_line_error(result, str(pgdata), "still runs")
+    assert "stopped" not in result.stdout
+
+
+def test_generate_says_what_the_loader_does_with_dirty_rows(tmp_path):
+    result = c360(
+        "generate",
+        "--customers",
+        "200",
+        "--products",
+        "50",
+        "--transactions",
+        "500",
+        "--out",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "dirty_rows.json lists each dirty row, its line and what the loader does with it" in (
+        result.stdout
+    )
+    # Some of the dirty rows load, linked to the ghost record: the output must not say the
+    # loader rejects them all.
+    kinds = json.loads((tmp_path / "dirty_rows.json").read_text())["counts"]["transactions.csv"]
+    assert kinds["kinds"].get("unknown_customer", 0) > 0
+    assert "reject" not in result.stdout
+    assert "reject" not in c360("generate", "--help").stdout
+
+
+def test_a_next_day_below_the_transactions_threshold_warns_with_thresholds_its_load_passes(
+    make_database, tmp_path
+):
+    day1, day2 = tmp_path / "day1", tmp_path / "day2"
+    generate_dataset(day1, customers=1500, products=300, transactions=4000, seed=5)
+    thresholds = {
+        "C360_MIN_CUSTOMERS": "1000",
+        "C360_MIN_PRODUCTS": "100",
+        "C360_MIN_TRANSACTIONS": "1000",
+    }
+
+    result = c360("generate", "--next-day", "--base", str(day1), "--out", str(day2), env=thresholds)
+
+    assert result.returncode == 0, result.stderr
+    with (day2 / "transactions.csv").open(newline="", encoding="utf-8") as delivered:
+        transactions = sum(1 for _ in csv.reader(delivered)) - 1
+    assert transactions < 1000
+    warning = result.stderr.strip()
+    assert len(warning.splitlines()) == 1, warning
+    assert warning.startswith("c360: warning: ")
+    assert f"transactions.csv has {transactions:,} rows but C360_MIN_TRANSACTIONS is 1,000" in (
+        warning
+    )
+    assert "customers.csv" not in warning and "products.csv" not in warning
+    # The thresholds it suggests are ones the day's load passes.
+    suggested = dict(re.findall(r"(C360_MIN_[A-Z]+)=(\d+)", warning))
+    assert set(suggested) == {"C360_MIN_TRANSACTIONS"}
+    settings = make_database()
+    loaded = c360(
+        "load",
+        "--data-dir",
+        str(day2),
+        env={**thresholds, **suggested, "C360_DATABASE_URL": settings.dsn},
+    )
+    assert loaded.returncode == 0, loaded.stderr
+
+    enough = c360(
+        "generate",
+        "--next-day",
+        "--base",
+        str(day1),
+        "--out",
+        str(day2),
+        env={**thresholds, "C360_MIN_TRANSACTIONS": str(transactions)},
+    )
+    assert enough.returncode == 0, enough.stderr
+    assert enough.stderr == ""
