@@ -18,6 +18,7 @@ from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2.extras import Json
 
@@ -104,6 +105,7 @@ def start_batch(
         check_header(spec, spec.path_in(data_dir))
     checksums = None if reload else _checksums_if_loaded_before(specs, data_dir, settings)
     with transaction(settings) as cur:
+        _refuse_unknown_time_zones(cur, specs)
         # Serialise batch starts, so two loads cannot both see "nothing running".
         cur.execute("lock table audit.load_batch in share row exclusive mode")
         # Indexes a stopped load had dropped for a bulk load are built again first.
@@ -187,6 +189,22 @@ def start_batch(
 # A batch that wrote to the vault, whether or not it went on to succeed (one that failed at
 # reconciliation keeps what its vault steps added).
 REACHED_THE_VAULT = "row_counts ? 'inserted'"
+
+
+def _refuse_unknown_time_zones(cur, specs) -> None:
+    """Raise ``UserFacingError`` for a configured time zone PostgreSQL, which converts the
+    timestamps, does not know: Python's list of zones is not quite the same ('localtime')."""
+    for spec in specs.values():
+        cur.execute("savepoint time_zone")
+        try:
+            cur.execute("select set_config('TimeZone', %s, true)", (spec.timezone,))
+        except psycopg2.errors.InvalidParameterValue:
+            cur.execute("rollback to savepoint time_zone")
+            raise UserFacingError(
+                f"source configuration: 'sources.{spec.name}.timezone' {spec.timezone!r} is not"
+                " a time zone PostgreSQL knows; use an IANA name such as UTC or Europe/Berlin"
+            ) from None
+        cur.execute("rollback to savepoint time_zone")
 
 
 def open_batch_of_airflow_run(airflow_run_id: str, settings: Settings | None = None) -> int | None:

@@ -14,6 +14,8 @@ from customer360.errors import UserFacingError
 from customer360.sources import CANONICAL_ORDER, MAX_KEY_LENGTH, MAX_TEXT_LENGTH, SourceSpec
 
 GHOST_KEY = "00000000-0000-0000-0000-000000000000"
+# What is trimmed from both ends of every value, as raw_vault.normalise_key trims keys.
+TRIMMED_CHARACTERS = r"E' \t\r\n'"
 # The business key of the ghost customer and product (sql/03); no delivered row may take it.
 GHOST_BUSINESS_KEY = "-1"
 # The statuses the contract knows; the business views count every one but the last two as
@@ -34,15 +36,34 @@ def _iso_date_invalid(value: str) -> str:
 
 
 def _iso_timestamp_invalid(value: str) -> str:
+    # An offset can carry a time in the years 1 to 9999 out of them in UTC, where the
+    # clients reading it (Python's datetime among them) cannot hold it.
     return (
         f"(substr({value}, 5, 1) <> '-' or substr({value}, 8, 1) <> '-'"
         f" or substr({value}, 11, 1) not in (' ', 'T') or substr({value}, 14, 1) <> ':'"
-        f" or {value} ~ '[^-0-9:. TZz+]' or not pg_input_is_valid({value}, 'timestamptz'))"
+        f" or {value} ~ '[^-0-9:. TZz+]'"
+        f" or case when pg_input_is_valid({value}, 'timestamptz')"
+        f" then not {_in_calendar(f'{value}::timestamptz')} else true end)"
     )
 
 
+def _in_calendar(timestamp: str) -> str:
+    """SQL: the timestamp falls in the years 1 to 9999 in UTC."""
+    return (
+        f"({timestamp} >= '0001-01-01 00:00:00+00'::timestamptz"
+        f" and {timestamp} < '10000-01-01 00:00:00+00'::timestamptz)"
+    )
+
+
+# Plain decimals only: PostgreSQL also reads 'NaN', 'Infinity', hexadecimal, octal and binary
+# ('0x10', '0o17', '0b1010') and digits grouped with underscores, which the contract does not.
 def _number_invalid(value: str, pg_type: str) -> str:
-    return f"(not pg_input_is_valid({value}, '{pg_type}') or strpos(lower({value}), 'n') > 0)"
+    return f"(not pg_input_is_valid({value}, '{pg_type}') or {value} ~ '[^-+.0-9eE]')"
+
+
+def _sql_literal(text: str) -> str:
+    """A configured text as an SQL string literal in a statement run with parameters."""
+    return "'" + text.replace("'", "''").replace("%", "%%") + "'"
 
 
 class ThresholdBreachedError(UserFacingError):
@@ -68,6 +89,7 @@ class StagingSpec:
     rules: tuple[Rule, ...]
     typed: dict[str, str]  # staged column -> SQL, evaluated only for passing rows
     payload: tuple[str, ...]  # the typed columns the hashdiff covers
+    free_text: tuple[str, ...]  # the payload columns that may hold any text
     # Values computed once for each passing row before it is typed, step by step (each step
     # name -> SQL, reading the steps before it), which the hash keys read as ``landed.<name>``.
     derived: tuple[dict[str, str], ...] = ()
@@ -90,15 +112,17 @@ def _date_rule(column: str, fmt: str, kind: str) -> tuple[Rule, str]:
         invalid = (_iso_date_invalid if kind == "date" else _iso_timestamp_invalid)(value)
         parsed = f"{value}::{pg_type}"
     else:
-        literal = "'" + fmt.replace("'", "''") + "'"
-        parsed = f"staging.try_to_timestamp({value}, {literal})"
+        parsed = f"staging.try_to_timestamp({value}, {_sql_literal(fmt)})"
         invalid = f"{parsed} is null"
         if kind == "date":
             parsed += "::date"
     failing = f"{value} is not null and {invalid}"
     if kind != "date":
         failing = f"{value} is null or {invalid}"
-    detail = f"'{column} ' || {_quoted(column)} || ' is not a valid {kind} ({fmt})'"
+    detail = (
+        f"'{column} ' || {_quoted(column)} || ' is not a valid {kind} ('"
+        f" || {_sql_literal(fmt)} || ')'"
+    )
     return Rule("invalid_date", failing, detail), parsed
 
 
@@ -142,14 +166,19 @@ def _reserved_key_rule(key_column: str) -> Rule:
     )
 
 
-def _key_length_rule(key_column: str) -> Rule:
-    """Rows whose key is longer than any key the warehouse indexes: one such row would
-    otherwise fail the whole batch when its hub's index refuses it."""
+def _key_rule(key_column: str) -> Rule:
+    """Rows whose key the vault cannot take: one longer than any key it indexes (its hub's
+    index would refuse it and fail the whole batch), or one holding '|', which could make
+    the parts of two composite keys ('A||B' and 'C', 'A' and 'B||C') hash alike."""
+    trimmed = f"btrim(landed.{key_column}, {TRIMMED_CHARACTERS})"
+    too_long = f"length({trimmed}) > {MAX_KEY_LENGTH}"
     return Rule(
         "invalid_key",
-        f"length(business_key) > {MAX_KEY_LENGTH}",
-        f"'{key_column} is ' || length(business_key) || ' characters long;"
-        f" a key has at most {MAX_KEY_LENGTH}'",
+        f"{too_long} or strpos(business_key, '|') > 0",
+        f"case when {too_long} then '{key_column} is ' || length({trimmed})"
+        f" || ' characters long; a key has at most {MAX_KEY_LENGTH}'"
+        f" else '{key_column} ' || quote_literal({trimmed})"
+        " || ' holds |, which separates the parts of composite keys' end",
     )
 
 
@@ -203,7 +232,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             hash_keys={"customer_hk": "raw_vault.hash_key(landed.customer_id)"},
             rules=(
                 _reserved_key_rule("customer_id"),
-                _key_length_rule("customer_id"),
+                _key_rule("customer_id"),
                 _missing_rule("missing_value", ("first_name", "last_name", "email")),
                 _text_length_rule((*customer_text, "customer_segment")),
                 signup_rule,
@@ -214,6 +243,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 "customer_segment": clean("customer_segment"),
             },
             payload=(*customer_text, "signup_date", "customer_segment"),
+            free_text=(*customer_text, "customer_segment"),
         ),
         "products": StagingSpec(
             source="products",
@@ -221,7 +251,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             hash_keys={"product_hk": "raw_vault.hash_key(landed.product_id)"},
             rules=(
                 _reserved_key_rule("product_id"),
-                _key_length_rule("product_id"),
+                _key_rule("product_id"),
                 _missing_rule("missing_value", ("product_name", "category")),
                 _text_length_rule(("product_name", "category", "brand")),
                 _number_rule({"unit_price": "numeric(12, 2)", "cost": "numeric(12, 2)"}),
@@ -235,6 +265,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 "cost": f"{clean('cost')}::numeric(12, 2)",
             },
             payload=("product_name", "category", "brand", "unit_price", "cost"),
+            free_text=("product_name", "category", "brand"),
         ),
         "transactions": StagingSpec(
             source="transactions",
@@ -267,7 +298,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 },
             ),
             rules=(
-                _key_length_rule("transaction_id"),
+                _key_rule("transaction_id"),
                 # An order must name its customer and product: an unknown one is linked to
                 # the ghost record, a missing one is a missing part of the link's key.
                 _missing_rule("missing_key", ("customer_id", "product_id")),
@@ -317,6 +348,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 "payment_method",
                 "order_status",
             ),
+            free_text=("payment_method", "order_status"),
         ),
     }
 
@@ -334,10 +366,18 @@ def _known(hash_key: str, hub_key: str, business_key: str, source: str) -> str:
     )
 
 
-def _as_text(column: str) -> str:
-    """A typed payload column as text; timestamps in UTC so the hashdiff ignores session zones."""
+def _as_text(column: str, free_text: bool) -> str:
+    r"""A typed payload column as the hashdiff reads it: timestamps in UTC, so that it ignores
+    session zones; free text with '\', '|' and '^' escaped, so that no value can pass for
+    the separator ('||') or the missing-value marker ('^^') and two different payloads always
+    hash apart. Values without those characters read as they are."""
     if column.endswith("_ts"):
         return f"(typed.{column} at time zone 'UTC')::text"
+    if free_text:
+        escaped = f"replace(typed.{column}, '\\', '\\\\')"
+        for character in ("|", "^"):
+            escaped = f"replace({escaped}, '{character}', '\\{character}')"
+        return escaped
     return f"typed.{column}::text"
 
 
@@ -354,14 +394,17 @@ def staging_statement(spec: StagingSpec) -> str:
     )
     raw_row = ", ".join(f"'{column}', landed.{column}" for column in raw_columns)
     cleaned = ", ".join(
-        f"nullif(btrim(keyed.{column}), '') as clean_{column}"
+        f"nullif(btrim(keyed.{column}, {TRIMMED_CHARACTERS}), '') as clean_{column}"
         for column in raw_columns
         if column != spec.key_column
     )
     hash_columns = list(spec.hash_keys)
     typed_columns = list(spec.typed)
     hashdiff = "md5(concat_ws('||', {}))::uuid".format(
-        ", ".join(f"coalesce({_as_text(column)}, '^^')" for column in spec.payload)
+        ", ".join(
+            f"coalesce({_as_text(column, column in spec.free_text)}, '^^')"
+            for column in spec.payload
+        )
     )
     derived = "".join(
         f"""

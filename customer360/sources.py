@@ -72,14 +72,23 @@ class SourceSpec:
     def column_positions(self, header: list[str], file_label: str) -> list[int | None]:
         """Position in the file of each canonical field (None for an absent optional field).
 
-        Refuses a header that lacks a required column, naming the column.
+        Refuses a header that lacks a required column, or has a column the load reads twice
+        (which of the two holds the values?), naming the column.
         """
-        positions_by_header = {name.strip(): index for index, name in enumerate(header)}
+        positions_by_header: dict[str, list[int]] = {}
+        for index, name in enumerate(header):
+            positions_by_header.setdefault(name.strip(), []).append(index)
         required = {f.name for f in CANONICAL_FIELDS[self.name] if f.required}
         positions: list[int | None] = []
         for canonical in CANONICAL_ORDER[self.name]:
             header_name = self.columns.get(canonical, canonical)
-            position = positions_by_header.get(header_name)
+            found = positions_by_header.get(header_name, [])
+            if len(found) > 1:
+                raise UserFacingError(
+                    f"{file_label} has the column '{header_name}' {len(found)} times"
+                    f" (columns {', '.join(str(index + 1) for index in found)})"
+                )
+            position = found[0] if found else None
             if position is None and canonical in required:
                 raise UserFacingError(
                     f"{file_label} is missing the required column '{header_name}'"
@@ -200,8 +209,8 @@ def _described(value: object) -> str:
 
 
 def _is_known_time_zone(name: str) -> bool:
-    """Whether the IANA time zone database knows ``name``; PostgreSQL, which converts the
-    timestamps, reads the same database."""
+    """Whether the IANA time zone database knows ``name``. PostgreSQL, which converts the
+    timestamps, keeps its own copy; start_batch asks it too (Python also takes 'localtime')."""
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

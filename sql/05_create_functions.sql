@@ -207,8 +207,9 @@ $$;
 -- the text does not fit. to_timestamp alone is lenient: it reads '5/5/23' as year 23 under
 -- DD/MM/YYYY and ignores trailing words, so the value must also be what to_char writes for
 -- that pattern (ignoring case). A pattern with a time-zone field is exempt from that test,
--- since to_char writes the session's offset, not the one given. Only used for non-ISO
--- formats: ISO input takes the faster path.
+-- since to_char writes the session's offset, not the one given. A time outside the years 1
+-- to 9999 in UTC is refused, as clients cannot read it. Only used for non-ISO formats: ISO
+-- input takes the faster path.
 create or replace function staging.try_to_timestamp(value text, format text)
 returns timestamptz
 language plpgsql stable parallel safe
@@ -218,6 +219,9 @@ declare
 begin
     parsed := to_timestamp(value, format);
     if format !~* 'TZH|TZM|TZ|OF' and upper(to_char(parsed, format)) <> upper(value) then
+        return null;
+    end if;
+    if parsed < '0001-01-01 00:00:00+00' or parsed >= '10000-01-01 00:00:00+00' then
         return null;
     end if;
     return parsed;

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 
+from customer360.errors import UserFacingError
 from customer360.pipeline import load_links, run_batch
 from tests.database_state import query
 from tests.deliveries import customer, deliver, order, product
@@ -344,3 +345,217 @@ def test_sums_beyond_any_single_orders_range_load_whole(database, tmp_path):
     assert query(
         database, "select units_sold, revenue, margin from business_vault.vw_product_analytics"
     ) == [(units, lifetime_value, lifetime_value - units * Decimal("1000.00"))]
+
+
+def test_a_key_holding_a_bar_is_refused_so_composite_keys_cannot_collide(database, tmp_path):
+    # Customer 'A||B' with order 'C' and customer 'A' with order 'B||C' would both give the
+    # link key md5('A||B||C'); 'A|' with 'B' and 'A' with '|B' would both give 'A|||B'.
+    deliver(
+        tmp_path / "day1",
+        customers=[customer("A||B"), customer("A"), customer("A|")],
+        transactions=[
+            order("C", customer_id="A||B"),
+            order("B||C", customer_id="A"),
+            order("B", customer_id="A|"),
+            order("|B", customer_id="A"),
+            order("T1", customer_id="A"),
+        ],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    holds_a_bar = "holds |, which separates the parts of composite keys"
+    assert quarantined(database, "customers") == {
+        2: ("invalid_key", f"customer_id 'A||B' {holds_a_bar}"),
+        4: ("invalid_key", f"customer_id 'A|' {holds_a_bar}"),
+    }
+    assert quarantined(database, "transactions") == {
+        2: (
+            "unknown_customer",
+            "customer 'A||B' is not in the customer hub; linked to the ghost record",
+        ),
+        3: ("invalid_key", f"transaction_id 'B||C' {holds_a_bar}"),
+        4: (
+            "unknown_customer",
+            "customer 'A|' is not in the customer hub; linked to the ghost record",
+        ),
+        5: ("invalid_key", f"transaction_id '|B' {holds_a_bar}"),
+    }
+    assert query(
+        database,
+        "select order_id, customer_id from business_vault.vw_order_analytics order by order_id",
+    ) == [("B", None), ("C", None), ("T1", "A")]
+
+
+def test_every_change_of_a_value_is_a_new_version_whatever_characters_it_holds(database, tmp_path):
+    header_and = "{},{},{},{},{},Leeds,England,United Kingdom,2024-01-02,Consumer"
+    deliver(
+        tmp_path / "day1",
+        customers=[
+            header_and.format("C1", "Ann||Lee", "X", "c1@example.net", ""),
+            header_and.format("C2", "Bo", "Li", "c2@example.net", "^^"),
+            header_and.format("C3", "Cy", "Lo\\", "c3@example.net", "|x"),
+        ],
+    )
+    deliver(
+        tmp_path / "day2",
+        customers=[
+            header_and.format("C1", "Ann", "Lee||X", "c1@example.net", ""),
+            header_and.format("C2", "Bo", "Li", "c2@example.net", ""),
+            header_and.format("C3", "Cy", "Lo", "c3@example.net", "\\|x"),
+        ],
+    )
+
+    run_batch(tmp_path / "day1", database)
+    run_batch(tmp_path / "day2", database)
+
+    # Each customer's second delivery changed one value: each has two versions.
+    assert query(
+        database,
+        "select customer_id, count(*) from business_vault.vw_customer_history"
+        " group by customer_id order by customer_id",
+    ) == [("C1", 2), ("C2", 2), ("C3", 2)]
+    assert query(
+        database,
+        "select first_name, last_name, phone from business_vault.vw_customer_360"
+        " order by customer_id",
+    ) == [("Ann", "Lee||X", None), ("Bo", "Li", None), ("Cy", "Lo", "\\|x")]
+
+
+def test_a_timestamp_outside_the_years_1_to_9999_in_utc_is_refused(database, tmp_path):
+    deliver(
+        tmp_path / "day1",
+        transactions=[
+            order("T1", ts="0001-01-01 00:00:00+14:00"),
+            order("T2", ts="9999-12-31 23:59:59-12:00"),
+            order("T3", ts="0001-01-01 00:00:00Z"),
+            order("T4", ts="9999-12-31 23:59:59+00:00"),
+        ],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    assert {
+        line: reason for line, (reason, _) in quarantined(database, "transactions").items()
+    } == {
+        2: "invalid_date",
+        3: "invalid_date",
+    }
+    assert query(
+        database,
+        "select order_id, (transaction_ts at time zone 'UTC')::text"
+        " from business_vault.vw_order_analytics order by order_id",
+    ) == [("T3", "0001-01-01 00:00:00"), ("T4", "9999-12-31 23:59:59")]
+
+
+def test_a_configured_format_may_hold_quotes_and_percent_signs(database, tmp_path):
+    config = tmp_path / "sources.yaml"
+    config.write_text(
+        'sources:\n  customers:\n    formats:\n      signup_date: "YYYY-MM-DD \'%"\n',
+        encoding="utf-8",
+    )
+    settings = database.model_copy(update={"sources_config": config})
+    deliver(
+        tmp_path / "day1",
+        customers=[customer("C1", signup="2023-05-17 '%"), customer("C2", signup="2023-05-17")],
+    )
+
+    run_batch(tmp_path / "day1", settings)
+
+    assert quarantined(settings, "customers") == {
+        3: ("invalid_date", "signup_date '2023-05-17' is not a valid date (YYYY-MM-DD '%)")
+    }
+    assert query(
+        settings, "select customer_id, signup_date::text from business_vault.vw_customer_360"
+    ) == [("C1", "2023-05-17")]
+
+
+def test_a_time_zone_postgresql_does_not_know_is_refused_before_the_batch(database, tmp_path):
+    config = tmp_path / "sources.yaml"
+    # Python's zoneinfo takes 'localtime' (the machine's zone file); PostgreSQL does not.
+    config.write_text("sources:\n  transactions:\n    timezone: localtime\n", encoding="utf-8")
+    settings = database.model_copy(update={"sources_config": config})
+    deliver(tmp_path / "day1")
+
+    with pytest.raises(UserFacingError) as refused:
+        run_batch(tmp_path / "day1", settings)
+
+    assert str(refused.value) == (
+        "source configuration: 'sources.transactions.timezone' 'localtime' is not a time zone"
+        " PostgreSQL knows; use an IANA name such as UTC or Europe/Berlin"
+    )
+    assert query(settings, "select count(*) from audit.load_batch") == [(0,)]
+
+
+def test_numbers_are_plain_decimals(database, tmp_path):
+    deliver(
+        tmp_path / "day1",
+        products=[
+            product("P1"),
+            "P2,Thing,Tools,Acme,0b1010,4.00",
+            "P3,Thing,Tools,Acme,10.00,0o17",
+            "P4,Thing,Tools,Acme,1_0.50,4.00",
+            "P5,Thing,Tools,Acme,+10.5,.5",
+        ],
+        transactions=[order("T1"), "T2,C1,P1,0x10,10.00,,10.00,2025-03-01 10:00:00,paypal,shipped"],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    assert quarantined(database, "products") == {
+        3: ("invalid_number", "unit_price '0b1010' is not a number"),
+        4: ("invalid_number", "cost '0o17' is not a number"),
+        5: ("invalid_number", "unit_price '1_0.50' is not a number"),
+    }
+    assert quarantined(database, "transactions") == {
+        3: ("invalid_number", "quantity '0x10' is not a number")
+    }
+    assert query(
+        database,
+        "select product_id, unit_price::text, cost::text from business_vault.vw_product_analytics"
+        " order by product_id",
+    ) == [("P1", "10.00", "4.00"), ("P5", "10.50", "0.50")]
+
+
+def test_values_are_trimmed_of_tabs_and_line_breaks_as_keys_are(database, tmp_path):
+    deliver(
+        tmp_path / "day1",
+        customers=[customer("C1", city="Leeds\t"), "C2,\t,Lee,c2@example.net,,,,,,"],
+        transactions=[order("T1", status="completed\t")],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    assert quarantined(database, "customers") == {3: ("missing_value", "no value for first_name")}
+    assert query(database, "select customer_id, city from business_vault.vw_customer_360") == [
+        ("C1", "Leeds")
+    ]
+    assert query(
+        database, "select order_id, order_status from business_vault.vw_order_analytics"
+    ) == [("T1", "completed")]
+
+
+def test_a_key_is_measured_as_delivered_not_upper_cased(database, tmp_path):
+    # 'ﬃ' upper-cases to 'FFI': 60 of them are 60 characters as delivered, 180 stored.
+    key = "ﬃ" * 60
+    deliver(tmp_path / "day1", customers=[customer(key, email="c@example.net")])
+
+    run_batch(tmp_path / "day1", database)
+
+    assert quarantined(database, "customers") == {}
+    assert query(database, "select customer_id from business_vault.vw_customer_360") == [
+        ("FFI" * 60,)
+    ]
+
+
+def test_a_file_with_a_column_twice_is_refused(database, tmp_path):
+    folder = deliver(tmp_path / "day1")
+    customers = folder / "customers.csv"
+    header, row = customers.read_text(encoding="utf-8").splitlines()
+    customers.write_text(f"{header},email\n{row},other@example.net\n", encoding="utf-8")
+
+    with pytest.raises(UserFacingError) as refused:
+        run_batch(folder, database)
+
+    assert str(refused.value) == "customers.csv has the column 'email' 2 times (columns 4, 11)"
+    assert query(database, "select count(*) from audit.load_batch") == [(0,)]
