@@ -504,8 +504,17 @@ def staging_statement(spec: StagingSpec) -> str:
 
 
 # Transactions that loaded against a ghost record are listed in the quarantine too, so a
-# report shows them; they are loaded ('ghost_linked'), not rejected.
+# report shows them; they are loaded ('ghost_linked'), not rejected. When the customer or
+# product was in this delivery but quarantined, the detail says so and why.
 GHOST_LINKED_STATEMENT = f"""
+    with refused as (
+        select source, raw_vault.normalise_key(business_key) as business_key,
+               string_agg(distinct reason, ', ' order by reason) as reasons
+        from audit.quarantine
+        where batch_id = %(batch_id)s and source in ('customers', 'products')
+          and disposition = 'rejected'
+        group by 1, 2
+    )
     insert into audit.quarantine
         (batch_id, source, source_file, line_number, business_key, reason, detail,
          disposition, raw_row)
@@ -515,16 +524,26 @@ GHOST_LINKED_STATEMENT = f"""
            concat_ws('; ',
                case when stg.customer_hk = '{GHOST_KEY}'
                     then 'customer ' || coalesce(quote_literal(raw.customer_id), 'nothing')
-                         || ' is not in the customer hub' end,
+                         || ' is not in the customer hub'
+                         || coalesce(' (its row in this delivery was quarantined: '
+                                     || refused_customer.reasons || ')', '') end,
                case when stg.product_hk = '{GHOST_KEY}'
                     then 'product ' || coalesce(quote_literal(raw.product_id), 'nothing')
-                         || ' is not in the product hub' end)
+                         || ' is not in the product hub'
+                         || coalesce(' (its row in this delivery was quarantined: '
+                                     || refused_product.reasons || ')', '') end)
            || '; linked to the ghost record',
            'ghost_linked',
            to_jsonb(raw) - 'batch_id' - 'source_file' - 'line_number'
     from staging.stg_transactions as stg
     join staging.raw_transactions as raw
         on raw.batch_id = stg.batch_id and raw.line_number = stg.line_number
+    left join refused as refused_customer
+        on stg.customer_hk = '{GHOST_KEY}' and refused_customer.source = 'customers'
+       and refused_customer.business_key = raw_vault.normalise_key(raw.customer_id)
+    left join refused as refused_product
+        on stg.product_hk = '{GHOST_KEY}' and refused_product.source = 'products'
+       and refused_product.business_key = raw_vault.normalise_key(raw.product_id)
     where stg.batch_id = %(batch_id)s
       and (stg.customer_hk = '{GHOST_KEY}' or stg.product_hk = '{GHOST_KEY}')
 """

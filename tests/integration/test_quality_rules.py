@@ -372,12 +372,14 @@ def test_a_key_holding_a_bar_is_refused_so_composite_keys_cannot_collide(databas
     assert quarantined(database, "transactions") == {
         2: (
             "unknown_customer",
-            "customer 'A||B' is not in the customer hub; linked to the ghost record",
+            "customer 'A||B' is not in the customer hub (its row in this delivery was"
+            " quarantined: invalid_key); linked to the ghost record",
         ),
         3: ("invalid_key", f"transaction_id 'B||C' {holds_a_bar}"),
         4: (
             "unknown_customer",
-            "customer 'A|' is not in the customer hub; linked to the ghost record",
+            "customer 'A|' is not in the customer hub (its row in this delivery was"
+            " quarantined: invalid_key); linked to the ghost record",
         ),
         5: ("invalid_key", f"transaction_id '|B' {holds_a_bar}"),
     }
@@ -559,3 +561,34 @@ def test_a_file_with_a_column_twice_is_refused(database, tmp_path):
 
     assert str(refused.value) == "customers.csv has the column 'email' 2 times (columns 4, 11)"
     assert query(database, "select count(*) from audit.load_batch") == [(0,)]
+
+
+def test_an_order_whose_customer_or_product_was_refused_says_so(database, tmp_path):
+    deliver(
+        tmp_path / "day1",
+        customers=[customer("C1"), customer("C5", signup="2024-13-01")],
+        products=[product("P1"), product("P2", category="")],
+        transactions=[
+            order("T1"),
+            order("T2", customer_id="C5"),
+            order("T3", product_id="P2"),
+            order("T4", customer_id="C9"),
+        ],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    ghost = "; linked to the ghost record"
+    assert quarantined(database, "transactions") == {
+        3: (
+            "unknown_customer",
+            "customer 'C5' is not in the customer hub (its row in this delivery was"
+            f" quarantined: invalid_date){ghost}",
+        ),
+        4: (
+            "unknown_product",
+            "product 'P2' is not in the product hub (its row in this delivery was"
+            f" quarantined: missing_value){ghost}",
+        ),
+        5: ("unknown_customer", f"customer 'C9' is not in the customer hub{ghost}"),
+    }
