@@ -101,9 +101,17 @@ def check_header(spec: SourceSpec, path: Path) -> None:
         raise UserFacingError(f"source file {path} does not exist")
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
         header = next(csv.reader(handle), None)
+    spec.column_positions(_checked_header(header, path), path.name)
+
+
+def _checked_header(header: list[str] | None, path: Path) -> list[str]:
+    """The file's first record, refused when there is none or it is blank (a header row
+    must come first, not after an empty line)."""
     if header is None:
         raise UserFacingError(f"{path.name} is empty: expected a header row")
-    spec.column_positions(header, path.name)
+    if not any(name.strip() for name in header):
+        raise UserFacingError(f"{path.name} starts with an empty line: expected a header row")
+    return header
 
 
 def land_file(cursor, spec: SourceSpec, path: Path, batch_id: int) -> LandingResult:
@@ -119,9 +127,7 @@ def land_file(cursor, spec: SourceSpec, path: Path, batch_id: int) -> LandingRes
             io.BufferedReader(hashing), encoding="utf-8-sig", errors="surrogateescape", newline=""
         )
         header_reader = csv.reader(text)
-        header = next(header_reader, None)
-        if header is None:
-            raise UserFacingError(f"{path.name} is empty: expected a header row")
+        header = _checked_header(next(header_reader, None), path)
         positions = spec.column_positions(header, path.name)
         chunks = _staged_chunks(
             text, header_reader.line_num, len(header), positions, path.name, batch_id, result

@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from customer360.errors import UserFacingError
 from customer360.landing import LandingResult, check_header, land_file
 from customer360.settings import Settings
 from customer360.sources import load_source_specs
@@ -243,3 +244,14 @@ def test_a_byte_order_mark_is_not_part_of_the_header(cursor, database, tmp_path)
     check_header(load_source_specs(database)["products"], tmp_path / "products.csv")
     assert (landed, quarantined) == ([(2, "P1")], [])
     assert (result.sha256, result.bytes) == (hashlib.sha256(content).hexdigest(), len(content))
+
+
+def test_an_empty_line_before_the_header_is_named_as_the_problem(cursor, database, tmp_path):
+    content = b"\r\n" + HEADER + b"P1,Plain,Tools,Acme,1.00,0.50\r\n"
+    (tmp_path / "products.csv").write_bytes(content)
+    spec = load_source_specs(database)["products"]
+
+    for read_header in (check_header, lambda spec, path: land_file(cursor, spec, path, 1)):
+        with pytest.raises(UserFacingError) as refused:
+            read_header(spec, tmp_path / "products.csv")
+        assert str(refused.value) == "products.csv starts with an empty line: expected a header row"
