@@ -35,7 +35,8 @@ class CustomerProfile(BaseModel):
         description="Consumer, Corporate, Home Office or Small Business.", examples=["Corporate"]
     )
     record_source: str | None = Field(
-        description="Source file of the current attributes.", examples=["customers.csv"]
+        description="Record source of the current attributes (the source configuration's).",
+        examples=["crm.customers"],
     )
     profile_updated_at: datetime | None = Field(
         description="When the current attributes were loaded.", examples=["2024-05-01T02:00:00Z"]
@@ -54,7 +55,8 @@ class CustomerProfile(BaseModel):
         description="Day of the latest order.", examples=["2024-04-28"]
     )
     favourite_category: str | None = Field(
-        description="Category the customer spent most on.", examples=["Electronics"]
+        description="Category the customer bought most units of (ties alphabetical).",
+        examples=["Electronics"],
     )
     rfm_recency_score: int | None = Field(
         description="Recency quintile, 5 = most recent.", examples=[5]
@@ -117,7 +119,7 @@ class OrderDetail(BaseModel):
     payment_method: str | None = Field(description="How it was paid.", examples=["credit_card"])
     quantity: int = Field(description="Units ordered.", examples=[2])
     unit_price: float = Field(description="Price per unit.", examples=[79.99])
-    discount: float = Field(description="Discount as a fraction (0-0.5).", examples=[0.1])
+    discount: float = Field(description="Discount as a fraction (0-1).", examples=[0.1])
     total_amount: float = Field(
         description="quantity x unit_price x (1 - discount).", examples=[143.98]
     )
@@ -187,7 +189,8 @@ class CustomerVersion(BaseModel):
     signup_date: date | None = Field(description="Signup day.", examples=["2022-03-14"])
     customer_segment: str | None = Field(description="Segment.", examples=["Corporate"])
     record_source: str | None = Field(
-        description="Source file of this version.", examples=["customers.csv"]
+        description="Record source of this version (the source configuration's).",
+        examples=["crm.customers"],
     )
     hashdiff: str | None = Field(
         description="Hash of the attribute values.",

@@ -2,7 +2,7 @@
 
 ``generate_dataset`` writes ``customers.csv``, ``products.csv`` and ``transactions.csv`` plus
 ``dirty_rows.json``, a manifest naming every deliberately broken line and the reason the loader
-should quarantine it. ``generate_next_day`` reads such a set and writes the delivery of the next
+records for it (it quarantines the line, or loads it linked to a ghost record). ``generate_next_day`` reads such a set and writes the delivery of the next
 day: full customer and product snapshots with a few changes, re-delivered orders with a new
 status and new orders, plus ``changes.json`` listing exactly what changed.
 
@@ -67,7 +67,8 @@ CUSTOMER_COLUMNS = list(CANONICAL_ORDER["customers"])
 PRODUCT_COLUMNS = list(CANONICAL_ORDER["products"])
 TRANSACTION_COLUMNS = list(CANONICAL_ORDER["transactions"])
 
-# The reasons the loader quarantines a row; the manifest uses exactly these strings.
+# The reasons the loader records for a row (in audit.quarantine); the manifest uses exactly
+# these strings.
 MISSING_KEY = "missing_key"
 DUPLICATE_ROW = "duplicate_row"
 DUPLICATE_KEY = "duplicate_key"

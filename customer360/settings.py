@@ -2,7 +2,7 @@
 
 Every value comes from an environment variable prefixed ``C360_`` (or a ``.env`` file);
 the CLI, the Airflow DAG, the API, the streaming jobs and Docker Compose all read the
-same names, listed in ``.env.example``.
+same names (``C360_<FIELD NAME>``); ``.env.example`` lists those the Compose stack sets.
 """
 
 from __future__ import annotations

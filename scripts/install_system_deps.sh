@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the platform needs from Debian's packages: Chromium for the browser tests.
-# Java 17 (for the Kafka broker) and Maven are expected on the machine already.
+# Installs what the platform needs from Debian's packages when it is missing: Chromium for the
+# browser tests, Java 17 and Maven for the Kafka broker. As root it installs them; otherwise it
+# names the packages to install.
 set -euo pipefail
 
 missing=()
