@@ -2,9 +2,10 @@
 
 ``generate_dataset`` writes ``customers.csv``, ``products.csv`` and ``transactions.csv`` plus
 ``dirty_rows.json``, a manifest naming every deliberately broken line and the reason the loader
-records for it (it quarantines the line, or loads it linked to a ghost record). ``generate_next_day`` reads such a set and writes the delivery of the next
-day: full customer and product snapshots with a few changes, re-delivered orders with a new
-status and new orders, plus ``changes.json`` listing exactly what changed.
+records for it (it quarantines the line, or loads it linked to a ghost record).
+``generate_next_day`` reads such a set and writes the delivery of the next day: full customer
+and product snapshots with a few changes, re-delivered orders with a new status and new orders,
+plus ``changes.json`` listing exactly what changed.
 
 Everything derives from the seed and a fixed reference date, never from the clock, so the same
 seed gives byte-identical files. Rows are written as they are generated, so a million
