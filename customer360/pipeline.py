@@ -537,6 +537,19 @@ def run_batch(
                 raise
             return finish_batch(batch_id, settings)
     finally:
+        _release_locks(lock)
+
+
+def _release_locks(lock: psycopg2.extensions.connection) -> None:
+    """Release the batch locks before closing their session: a closed session's locks go only
+    when its server process has exited, moments later, and a batch started right after (the
+    next day's, by the same caller) would find the load lock still taken."""
+    try:
+        with lock.cursor() as cur:
+            cur.execute("select pg_advisory_unlock_all()")
+    except CONNECTION_FAILURES:
+        pass  # the session is gone, and its locks with it
+    finally:
         lock.close()
 
 

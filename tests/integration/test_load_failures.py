@@ -204,3 +204,21 @@ def test_a_pooled_connection_that_failed_is_not_lent_again(database):
         with transaction(database) as cur:
             cur.execute("select pg_backend_pid()")
             assert cur.fetchone()[0] != first
+
+
+def test_a_finished_load_holds_no_lock_once_it_has_returned(settings, small_data):
+    # A closed session keeps its locks until its server process exits, moments later: the
+    # load releases them first, so a batch started at once (the next day's) is not refused.
+    watcher = autocommit_connection(settings)
+    try:
+        for _ in range(3):
+            run_batch(small_data, settings, reload=True)
+            with watcher.cursor() as cur:
+                cur.execute(
+                    "select count(*) from pg_locks where locktype = 'advisory'"
+                    " and database = (select oid from pg_database"
+                    "                 where datname = current_database())"
+                )
+                assert cur.fetchone()[0] == 0
+    finally:
+        watcher.close()
