@@ -35,7 +35,8 @@ class CustomerProfile(BaseModel):
         description="Consumer, Corporate, Home Office or Small Business.", examples=["Corporate"]
     )
     record_source: str | None = Field(
-        description="Record source of the current attributes (the source configuration's).",
+        description="Record source of the current attributes, as the source configuration names it"
+        " (data/sources.yaml by default).",
         examples=["crm.customers"],
     )
     profile_updated_at: datetime | None = Field(
@@ -55,7 +56,8 @@ class CustomerProfile(BaseModel):
         description="Day of the latest order.", examples=["2024-04-28"]
     )
     favourite_category: str | None = Field(
-        description="Category the customer bought most units of (ties alphabetical).",
+        description="Category the customer bought most units of, in orders not cancelled or"
+        " returned (ties alphabetical).",
         examples=["Electronics"],
     )
     rfm_recency_score: int | None = Field(
