@@ -36,12 +36,16 @@ def _iso_date_invalid(value: str) -> str:
 
 
 def _iso_timestamp_invalid(value: str) -> str:
+    # PostgreSQL would carry a 60th second into the next minute and round digits beyond the
+    # microsecond (.9999999 into the next second, even the next day) rather than refuse them.
     # An offset can carry a time in the year 1 or 9999 out of the years 1 to 9999 in UTC,
     # where the clients reading it (Python's datetime among them) cannot hold it.
     return (
         f"(substr({value}, 5, 1) <> '-' or substr({value}, 8, 1) <> '-'"
         f" or substr({value}, 11, 1) not in (' ', 'T') or substr({value}, 14, 1) <> ':'"
-        f" or {value} ~ '[^-0-9:. TZz+]' or not pg_input_is_valid({value}, 'timestamptz')"
+        f" or {value} ~ '[^-0-9:. TZz+]' or substr({value}, 17, 3) = ':60'"
+        f" or (strpos({value}, '.') > 0 and {value} ~ '\\.[0-9]{{7}}')"
+        f" or not pg_input_is_valid({value}, 'timestamptz')"
         f" or case when left({value}, 4) in ('0001', '9999')"
         f" then not {_in_calendar(f'{value}::timestamptz')} else false end)"
     )

@@ -592,3 +592,28 @@ def test_an_order_whose_customer_or_product_was_refused_says_so(database, tmp_pa
         ),
         5: ("unknown_customer", f"customer 'C9' is not in the customer hub{ghost}"),
     }
+
+
+def test_a_timestamp_is_refused_rather_than_carried_or_rounded(database, tmp_path):
+    deliver(
+        tmp_path / "day1",
+        transactions=[
+            order("T1", ts="2024-12-31 23:59:60"),
+            order("T2", ts="2024-12-31T23:59:59.9999999Z"),
+            order("T3", ts="2024-12-31 10:00:00.123456+02:00"),
+        ],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    assert {
+        line: reason for line, (reason, _) in quarantined(database, "transactions").items()
+    } == {
+        2: "invalid_date",
+        3: "invalid_date",
+    }
+    assert query(
+        database,
+        "select order_id, (transaction_ts at time zone 'UTC')::text"
+        " from business_vault.vw_order_analytics",
+    ) == [("T3", "2024-12-31 08:00:00.123456")]
