@@ -229,6 +229,9 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
         "transaction_ts", specs["transactions"].formats.get("transaction_ts", "iso"), "timestamp"
     )
     customer_text = ("first_name", "last_name", "email", "phone", "city", "state", "country")
+    # The free text of each source: its length is checked, and the hashdiff escapes it.
+    customer_free_text = (*customer_text, "customer_segment")
+    product_free_text = ("product_name", "category", "brand")
     return {
         "customers": StagingSpec(
             source="customers",
@@ -238,7 +241,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 _reserved_key_rule("customer_id"),
                 _key_rule("customer_id"),
                 _missing_rule("missing_value", ("first_name", "last_name", "email")),
-                _text_length_rule((*customer_text, "customer_segment")),
+                _text_length_rule(customer_free_text),
                 signup_rule,
             ),
             typed={
@@ -247,7 +250,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 "customer_segment": clean("customer_segment"),
             },
             payload=(*customer_text, "signup_date", "customer_segment"),
-            free_text=(*customer_text, "customer_segment"),
+            free_text=customer_free_text,
         ),
         "products": StagingSpec(
             source="products",
@@ -257,7 +260,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 _reserved_key_rule("product_id"),
                 _key_rule("product_id"),
                 _missing_rule("missing_value", ("product_name", "category")),
-                _text_length_rule(("product_name", "category", "brand")),
+                _text_length_rule(product_free_text),
                 _number_rule({"unit_price": "numeric(12, 2)", "cost": "numeric(12, 2)"}),
                 _decimal_places_rule({"unit_price": 2, "cost": 2}),
             ),
@@ -269,7 +272,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 "cost": f"{clean('cost')}::numeric(12, 2)",
             },
             payload=("product_name", "category", "brand", "unit_price", "cost"),
-            free_text=("product_name", "category", "brand"),
+            free_text=product_free_text,
         ),
         "transactions": StagingSpec(
             source="transactions",

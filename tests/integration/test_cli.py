@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -279,21 +280,19 @@ def test_a_malformed_source_configuration_is_refused_before_any_batch_starts(
     conn.close()
 
 
+def generate_tiny(out: Path) -> subprocess.CompletedProcess:
+    """`c360 generate` of ten rows per file into ``out``."""
+    return c360(
+        "generate", "--customers", "10", "--products", "10", "--transactions", "10",
+        "--out", str(out),
+    )  # fmt: skip
+
+
 def test_an_output_path_that_is_a_file_is_one_clear_line(tmp_path):
     taken = tmp_path / "taken"
     taken.write_text("not a folder\n")
 
-    result = c360(
-        "generate",
-        "--customers",
-        "10",
-        "--products",
-        "10",
-        "--transactions",
-        "10",
-        "--out",
-        str(taken),
-    )
+    result = generate_tiny(taken)
 
     assert_one_line_error(result, os.strerror(errno.EEXIST), str(taken))
 
@@ -328,17 +327,7 @@ def unwritable_folder(tmp_path):
 def test_a_folder_the_command_may_not_write_to_is_one_clear_line(unwritable_folder):
     out = unwritable_folder / "data"
 
-    result = c360(
-        "generate",
-        "--customers",
-        "10",
-        "--products",
-        "10",
-        "--transactions",
-        "10",
-        "--out",
-        str(out),
-    )
+    result = generate_tiny(out)
 
     refusals = (os.strerror(errno.EACCES), os.strerror(errno.EPERM))
     assert_one_line_error(result, str(out))
