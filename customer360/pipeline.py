@@ -429,9 +429,10 @@ def reconcile(batch_id: int, settings: Settings | None = None) -> list[dict]:
 def refresh_business_views(batch_id: int, settings: Settings | None = None) -> None:
     """Bring the business views up to date with the vault after a batch.
 
-    The point-in-time tables and the order facts (only the orders the batch changed) come
-    first, side by side. The customer and product views both derive from them; they are
-    rebuilt side by side, and with the facts' indexes when the facts were refilled in bulk.
+    The point-in-time tables and the order facts (only the orders the batch delivered, read
+    from its staged rows) come first, side by side. The customer and product views both
+    derive from them; they are rebuilt side by side, and with the facts' indexes when the
+    facts were rewritten in bulk.
     """
     settings = settings or get_settings()
     started = time.perf_counter()
@@ -445,7 +446,7 @@ def refresh_business_views(batch_id: int, settings: Settings | None = None) -> N
 
     run_side_by_side(
         [
-            partial(call, "business_vault.refresh_order_facts", load_dts),
+            partial(call, "business_vault.refresh_order_facts", batch_id),
             partial(call, "business_vault.refresh_pit_tables", load_dts),
         ]
     )
@@ -593,8 +594,9 @@ def _run_steps(batch_id: int, settings: Settings, notify: ProgressCallback) -> N
     inserted = run_side_by_side([partial(load, batch_id, settings) for _, load in loads])
     for (stage, _), counts in zip(loads, inserted, strict=True):
         notify(stage, counts)
-    # The views read only the vault, so they are rebuilt while it is reconciled; a failed
-    # reconciliation still fails the batch.
+    # The views are rebuilt while the vault is reconciled (neither writes what the other
+    # reads); the order facts take the batch's orders from its staged rows, which
+    # reconciliation proves the vault holds, and a failed reconciliation fails the batch.
     checks, _ = run_side_by_side(
         [
             partial(reconcile, batch_id, settings),

@@ -317,6 +317,26 @@ def test_a_load_catches_up_the_views_of_a_batch_that_failed_before_its_refresh(
     )
 
 
+def test_a_load_catches_up_the_orders_a_failed_batch_changed_that_it_does_not_deliver(
+    small_database, small_data
+):
+    """The views of a batch's own orders come from its staged rows; those of the orders a
+    failed batch changed before its refresh, which the batch does not deliver again, must
+    come from the vault."""
+    settings = small_database
+    base, next_day = small_data
+    run_batch(base, settings)
+    batch_id = load_up_to_the_vault(next_day, settings)
+    fail_batch(batch_id, "stopped before the views were refreshed", settings)
+
+    # Day 1 again: its orders, but none of the orders the next day added.
+    run_batch(base, settings, reload=True)
+
+    after_next_day = expected_after_next_day(expected_warehouse(base), next_day)
+    assert set(after_next_day.orders) - set(expected_warehouse(base).orders)
+    assert_business_views_match(settings, expected_after_next_day(after_next_day, base))
+
+
 def vault_index_oids(settings) -> dict[str, set[int]]:
     """The object ids of each vault table's indexes: a rebuilt index gets a new one."""
     oids: dict[str, set[int]] = {}
