@@ -62,7 +62,7 @@ as $$
 declare
     snapshot timestamptz;
     caught_up_to timestamptz;
-    earlier uuid[];
+    vault_orders uuid[];
     stored bigint;
     delivered bigint;
 begin
@@ -74,28 +74,29 @@ begin
     select count(*) into delivered from staging.stg_transactions where batch_id = batch;
     -- The batch's own orders come from its staged rows (business_vault.current_order_facts).
     -- Orders changed by an earlier load whose refresh never ran (its batch failed) are found
-    -- in the vault: every vault row carries its load's load_dts.
-    earlier := case when exists (
+    -- in the vault: every vault row carries its load's load_dts. So are the batch's own when
+    -- its staged rows are gone (a newer batch began before this refresh ran).
+    vault_orders := case when delivered = 0 or exists (
         select from audit.load_batch where load_dts > caught_up_to and load_dts < snapshot
     ) then array(
         select order_hk from raw_vault.sat_order_details
-        where load_dts > caught_up_to and load_dts < snapshot
+        where load_dts > caught_up_to and load_dts <= snapshot
         union
         select order_hk from raw_vault.link_customer_order
-        where load_dts > caught_up_to and load_dts < snapshot
+        where load_dts > caught_up_to and load_dts <= snapshot
         union
         select order_hk from raw_vault.link_order_product
-        where load_dts > caught_up_to and load_dts < snapshot
+        where load_dts > caught_up_to and load_dts <= snapshot
         union
         select link.order_hk
         from raw_vault.sat_customer_order_effectivity as again
         join raw_vault.link_customer_order as link using (customer_order_hk)
-        where again.load_dts > caught_up_to and again.load_dts < snapshot
+        where again.load_dts > caught_up_to and again.load_dts <= snapshot
         union
         select link.order_hk
         from raw_vault.sat_order_product_effectivity as again
         join raw_vault.link_order_product as link using (order_product_hk)
-        where again.load_dts > caught_up_to and again.load_dts < snapshot
+        where again.load_dts > caught_up_to and again.load_dts <= snapshot
         except
         select order_hk from staging.stg_transactions where batch_id = batch
     ) else '{}' end;
@@ -104,7 +105,7 @@ begin
     -- as before a first load), dropping the indexes and building them afresh once the rows
     -- are in costs a fraction of that. The caller builds them (raw_vault.build_index), side
     -- by side with the views that read the facts.
-    if stored = 0 or delivered + cardinality(earlier) > stored / 4 then
+    if stored = 0 or delivered + cardinality(vault_orders) > stored / 4 then
         call raw_vault.drop_indexes('business_vault.order_facts');
     end if;
     if stored = 0 then
@@ -113,10 +114,10 @@ begin
     else
         delete from business_vault.order_facts
         where order_hk in (select order_hk from staging.stg_transactions where batch_id = batch)
-           or order_hk = any (earlier);
+           or order_hk = any (vault_orders);
     end if;
     insert into business_vault.order_facts
-    select * from business_vault.current_order_facts(earlier, batch);
+    select * from business_vault.current_order_facts(vault_orders, batch);
     update business_vault.order_facts_state
     set refreshed_through = greatest(caught_up_to, snapshot);
     analyze business_vault.order_facts;

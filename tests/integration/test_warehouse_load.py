@@ -21,6 +21,7 @@ from customer360.pipeline import (
     load_satellites,
     load_staging,
     reconcile,
+    refresh_business_views,
     run_batch,
     start_batch,
 )
@@ -335,6 +336,26 @@ def test_a_load_catches_up_the_orders_a_failed_batch_changed_that_it_does_not_de
     after_next_day = expected_after_next_day(expected_warehouse(base), next_day)
     assert set(after_next_day.orders) - set(expected_warehouse(base).orders)
     assert_business_views_match(settings, expected_after_next_day(after_next_day, base))
+
+
+def test_a_refresh_that_runs_after_a_newer_batch_began_finds_its_orders_in_the_vault(
+    small_database, small_data
+):
+    """A newer batch empties staging as it starts; a refresh of the batch before it (its
+    Airflow task cleared and run again after the batch had failed) must still rewrite that
+    batch's orders."""
+    settings = small_database
+    base, next_day = small_data
+    run_batch(base, settings)
+    batch_id = load_up_to_the_vault(next_day, settings)
+    fail_batch(batch_id, "its refresh failed", settings)
+    start_batch(next_day, settings)
+
+    refresh_business_views(batch_id, settings)
+
+    assert_business_views_match(
+        settings, expected_after_next_day(expected_warehouse(base), next_day)
+    )
 
 
 def vault_index_oids(settings) -> dict[str, set[int]]:
