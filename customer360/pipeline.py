@@ -422,8 +422,26 @@ def reconcile(batch_id: int, settings: Settings | None = None) -> list[dict]:
             f"{r['check']}: expected {r['expected']}, got {r['actual']}" for r in failed
         )
         fail_batch(batch_id, f"reconciliation failed: {detail}", settings)
+        _refresh_orders_from_the_vault(batch_id, settings)
         raise ReconciliationError(f"batch {batch_id} reconciliation failed: {detail}")
     return results
+
+
+def _refresh_orders_from_the_vault(batch_id: int, settings: Settings | None) -> None:
+    """Have the next refresh find a batch's orders in the vault: a refresh running beside a
+    reconciliation that failed may have taken them from the staged rows, which the vault
+    turned out not to hold. (Waits for such a refresh to commit: it holds the state row.)"""
+    with transaction(settings) as cur:
+        cur.execute(
+            """
+            update business_vault.order_facts_state
+            set refreshed_through = least(
+                refreshed_through,
+                (select load_dts from audit.load_batch where batch_id = %s)
+                    - interval '1 microsecond')
+            """,
+            (batch_id,),
+        )
 
 
 def refresh_business_views(batch_id: int, settings: Settings | None = None) -> None:

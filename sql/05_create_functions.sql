@@ -65,18 +65,25 @@ declare
     vault_orders uuid[];
     stored bigint;
     delivered bigint;
+    staged_batch bigint;
 begin
     select load_dts into snapshot from audit.load_batch where batch_id = batch;
     select state.refreshed_through into caught_up_to
     from business_vault.order_facts_state as state
     for update;
     select count(*) into stored from business_vault.order_facts;
-    select count(*) into delivered from staging.stg_transactions where batch_id = batch;
-    -- The batch's own orders come from its staged rows (business_vault.current_order_facts).
+    -- The batch's own orders come from its staged rows (business_vault.current_order_facts),
+    -- unless those are gone (a newer batch began before this refresh ran) or the batch failed
+    -- (its reconciliation may have found the vault holding something else).
+    select count(*) into delivered
+    from staging.stg_transactions
+    where batch_id = batch
+      and not exists (select from audit.load_batch where batch_id = batch and status = 'failed');
+    staged_batch := case when delivered > 0 then batch end;
     -- Orders changed by an earlier load whose refresh never ran (its batch failed) are found
     -- in the vault: every vault row carries its load's load_dts. So are the batch's own when
-    -- its staged rows are gone (a newer batch began before this refresh ran).
-    vault_orders := case when delivered = 0 or exists (
+    -- they are not taken from its staged rows.
+    vault_orders := case when staged_batch is null or exists (
         select from audit.load_batch where load_dts > caught_up_to and load_dts < snapshot
     ) then array(
         select order_hk from raw_vault.sat_order_details
@@ -98,7 +105,7 @@ begin
         join raw_vault.link_order_product as link using (order_product_hk)
         where again.load_dts > caught_up_to and again.load_dts <= snapshot
         except
-        select order_hk from staging.stg_transactions where batch_id = batch
+        select order_hk from staging.stg_transactions where batch_id = staged_batch
     ) else '{}' end;
 
     -- Rewriting a few orders costs little; when most of them change (or the table is empty,
@@ -113,11 +120,12 @@ begin
         truncate business_vault.order_facts;
     else
         delete from business_vault.order_facts
-        where order_hk in (select order_hk from staging.stg_transactions where batch_id = batch)
-           or order_hk = any (vault_orders);
+        where order_hk in (
+            select order_hk from staging.stg_transactions where batch_id = staged_batch
+        ) or order_hk = any (vault_orders);
     end if;
     insert into business_vault.order_facts
-    select * from business_vault.current_order_facts(vault_orders, batch);
+    select * from business_vault.current_order_facts(vault_orders, staged_batch);
     update business_vault.order_facts_state
     set refreshed_through = greatest(caught_up_to, snapshot);
     analyze business_vault.order_facts;

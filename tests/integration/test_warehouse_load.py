@@ -29,6 +29,7 @@ from customer360.quality import ThresholdBreachedError
 from customer360.sources import SOURCE_NAMES
 from customer360.vault import VAULT_TABLES
 from tests.database_state import fingerprints, query
+from tests.deliveries import deliver, order
 from tests.expected import (
     GHOST_ID,
     assert_customer_360_matches,
@@ -356,6 +357,51 @@ def test_a_refresh_that_runs_after_a_newer_batch_began_finds_its_orders_in_the_v
     assert_business_views_match(
         settings, expected_after_next_day(expected_warehouse(base), next_day)
     )
+
+
+@pytest.mark.parametrize(
+    "refresh_first", [True, False], ids=["refresh ends first", "refresh starts after"]
+)
+def test_after_a_failed_reconciliation_the_views_show_what_the_vault_holds(
+    make_database, small_data, tmp_path, refresh_first
+):
+    """A refresh beside a reconciliation takes the batch's orders from its staged rows; when
+    the reconciliation finds the vault holding something else, the views show the vault's
+    orders instead, whichever of the two ran first, once the next batch is refreshed."""
+    settings = make_database().model_copy(
+        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
+    )
+    base, _ = small_data
+    orders = expected_warehouse(base).orders
+    batch_id = load_up_to_the_vault(base, settings)
+    order_ids = sorted(orders)
+    lost, overwritten = order_ids[:3], order_ids[3:5]
+    conn = psycopg2.connect(settings.dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("delete from raw_vault.hub_order where order_id = any(%s)", (lost,))
+        cur.execute(
+            """
+            update raw_vault.sat_order_details as sat set total_amount = total_amount + 100
+            from raw_vault.hub_order as hub
+            where hub.order_hk = sat.order_hk and hub.order_id = any(%s)
+            """,
+            (overwritten,),
+        )
+    conn.close()
+    if refresh_first:
+        refresh_business_views(batch_id, settings)
+    with pytest.raises(ReconciliationError):
+        reconcile(batch_id, settings)
+    if not refresh_first:
+        refresh_business_views(batch_id, settings)
+
+    # A delivery of one new order, which touches none of the base's.
+    run_batch(deliver(tmp_path / "one-order", transactions=[order("T-NEW")]), settings)
+
+    totals = dict(query(settings, "select order_id, total_amount from business_vault.order_facts"))
+    assert set(totals) == (set(orders) - set(lost)) | {"T-NEW"}
+    for order_id in overwritten:
+        assert totals[order_id] == orders[order_id]["total"] + 100
 
 
 def vault_index_oids(settings) -> dict[str, set[int]]:
