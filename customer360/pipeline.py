@@ -422,35 +422,16 @@ def reconcile(batch_id: int, settings: Settings | None = None) -> list[dict]:
             f"{r['check']}: expected {r['expected']}, got {r['actual']}" for r in failed
         )
         fail_batch(batch_id, f"reconciliation failed: {detail}", settings)
-        _refresh_orders_from_the_vault(batch_id, settings)
         raise ReconciliationError(f"batch {batch_id} reconciliation failed: {detail}")
     return results
-
-
-def _refresh_orders_from_the_vault(batch_id: int, settings: Settings | None) -> None:
-    """Have the next refresh find a batch's orders in the vault: a refresh running beside a
-    reconciliation that failed may have taken them from the staged rows, which the vault
-    turned out not to hold. (Waits for such a refresh to commit: it holds the state row.)"""
-    with transaction(settings) as cur:
-        cur.execute(
-            """
-            update business_vault.order_facts_state
-            set refreshed_through = least(
-                refreshed_through,
-                (select load_dts from audit.load_batch where batch_id = %s)
-                    - interval '1 microsecond')
-            """,
-            (batch_id,),
-        )
 
 
 def refresh_business_views(batch_id: int, settings: Settings | None = None) -> None:
     """Bring the business views up to date with the vault after a batch.
 
-    The point-in-time tables and the order facts (only the orders the batch delivered, read
-    from its staged rows) come first, side by side. The customer and product views both
-    derive from them; they are rebuilt side by side, and with the facts' indexes when the
-    facts were rewritten in bulk.
+    The point-in-time tables and the order facts (only the orders the batch changed) come
+    first, side by side. The customer and product views both derive from them; they are
+    rebuilt side by side, and with the facts' indexes when the facts were refilled in bulk.
     """
     settings = settings or get_settings()
     started = time.perf_counter()
@@ -464,7 +445,7 @@ def refresh_business_views(batch_id: int, settings: Settings | None = None) -> N
 
     run_side_by_side(
         [
-            partial(call, "business_vault.refresh_order_facts", batch_id),
+            partial(call, "business_vault.refresh_order_facts", load_dts),
             partial(call, "business_vault.refresh_pit_tables", load_dts),
         ]
     )
@@ -612,9 +593,8 @@ def _run_steps(batch_id: int, settings: Settings, notify: ProgressCallback) -> N
     inserted = run_side_by_side([partial(load, batch_id, settings) for _, load in loads])
     for (stage, _), counts in zip(loads, inserted, strict=True):
         notify(stage, counts)
-    # The views are rebuilt while the vault is reconciled (neither writes what the other
-    # reads); the order facts take the batch's orders from its staged rows, which
-    # reconciliation proves the vault holds, and a failed reconciliation fails the batch.
+    # The views read only the vault, so they are rebuilt while it is reconciled; a failed
+    # reconciliation still fails the batch.
     checks, _ = run_side_by_side(
         [
             partial(reconcile, batch_id, settings),

@@ -169,20 +169,17 @@ left join (
     group by order_product_hk
 ) as again using (order_product_hk);
 
--- The order facts as the vault holds them now: of the orders vault_orders names (every order
--- when it is null), found in the vault, and of the orders batch staged_batch delivered, read
--- from its staged rows. Those rows are what the vault now holds as each such order's current
--- details, customer and product (reconciliation checks it); reading them there spares a load
--- three sorts of the vault. A plain SQL function, so PostgreSQL inlines it, filters each step
--- by the given orders, and skips the vault altogether when no order is to be found there.
-create function business_vault.current_order_facts(vault_orders uuid[], staged_batch bigint)
+-- The order facts as the vault holds them now: of the given orders, or of every order when
+-- none are given. A plain SQL function, so PostgreSQL inlines it and filters each step by
+-- the given orders instead of computing every order first.
+create function business_vault.order_facts_from_vault(only_orders uuid[])
 returns setof business_vault.order_facts
 language sql stable
 as $$
 with current_order_details as (
     select distinct on (order_hk) *
     from raw_vault.sat_order_details
-    where vault_orders is null or order_hk = any (vault_orders)
+    where only_orders is null or order_hk = any (only_orders)
     order by order_hk, load_dts desc
 ),
 
@@ -191,92 +188,44 @@ with current_order_details as (
 order_customer as (
     select distinct on (order_hk) order_hk, customer_hk
     from business_vault.vw_customer_order_delivered
-    where vault_orders is null or order_hk = any (vault_orders)
+    where only_orders is null or order_hk = any (only_orders)
     order by order_hk, delivered_dts desc
 ),
 
 order_product as (
     select distinct on (order_hk) order_hk, product_hk
     from business_vault.vw_order_product_delivered
-    where vault_orders is null or order_hk = any (vault_orders)
+    where only_orders is null or order_hk = any (only_orders)
     order by order_hk, delivered_dts desc
-),
-
-from_vault as (
-    select
-        hub_order.order_id,
-        details.transaction_ts,
-        details.order_status,
-        details.payment_method,
-        details.quantity,
-        details.unit_price,
-        details.discount,
-        details.total_amount,
-        hub_customer.customer_id,
-        hub_product.product_id,
-        hub_order.order_hk,
-        order_customer.customer_hk,
-        order_product.product_hk
-    from raw_vault.hub_order as hub_order
-    join current_order_details as details using (order_hk)
-    join order_customer using (order_hk)
-    join order_product using (order_hk)
-    join raw_vault.hub_customer as hub_customer using (customer_hk)
-    join raw_vault.hub_product as hub_product using (product_hk)
-    where (vault_orders is null or cardinality(vault_orders) > 0)
-      and (vault_orders is null or hub_order.order_hk = any (vault_orders))
-),
-
--- An order linked to a ghost record stages the key it named; the facts, like the hub's ghost
--- row, name no customer or product then.
-from_staging as (
-    select
-        stg.order_id,
-        stg.transaction_ts,
-        stg.order_status,
-        stg.payment_method,
-        stg.quantity,
-        stg.unit_price,
-        stg.discount,
-        stg.total_amount,
-        case when stg.customer_hk <> '00000000-0000-0000-0000-000000000000' then stg.customer_id
-             else '-1' end,
-        case when stg.product_hk <> '00000000-0000-0000-0000-000000000000' then stg.product_id
-             else '-1' end,
-        stg.order_hk,
-        stg.customer_hk,
-        stg.product_hk
-    from staging.stg_transactions as stg
-    where stg.batch_id = staged_batch
-),
-
-current_orders as (
-    select * from from_vault
-    union all
-    select * from from_staging
 )
 
 select
-    order_id,
-    transaction_ts,
-    (transaction_ts at time zone 'UTC')::date                                as order_date,
-    order_status,
-    payment_method,
-    quantity,
-    unit_price,
-    discount,
-    total_amount,
-    nullif(customer_id, '-1')                                                as customer_id,
-    nullif(product_id, '-1')                                                 as product_id,
-    order_status not in ('cancelled', 'returned')                            as is_revenue,
-    order_hk,
-    customer_hk,
-    product_hk
-from current_orders
+    hub_order.order_id,
+    details.transaction_ts,
+    (details.transaction_ts at time zone 'UTC')::date                        as order_date,
+    details.order_status,
+    details.payment_method,
+    details.quantity,
+    details.unit_price,
+    details.discount,
+    details.total_amount,
+    nullif(hub_customer.customer_id, '-1')                                   as customer_id,
+    nullif(hub_product.product_id, '-1')                                     as product_id,
+    details.order_status not in ('cancelled', 'returned')                    as is_revenue,
+    hub_order.order_hk,
+    order_customer.customer_hk,
+    order_product.product_hk
+from raw_vault.hub_order as hub_order
+join current_order_details as details using (order_hk)
+join order_customer using (order_hk)
+join order_product using (order_hk)
+join raw_vault.hub_customer as hub_customer using (customer_hk)
+join raw_vault.hub_product as hub_product using (product_hk)
+where only_orders is null or hub_order.order_hk = any (only_orders)
 $$;
 
 insert into business_vault.order_facts
-select * from business_vault.current_order_facts(null, null);
+select * from business_vault.order_facts_from_vault(null);
 
 -- How far the order facts follow the vault: the load_dts of the latest load they include.
 -- A load whose refresh never ran (its batch failed) is caught up by the next one.

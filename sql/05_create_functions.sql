@@ -51,41 +51,23 @@ begin
 end;
 $$;
 
--- And, side by side with that, bring the order facts up to date after a batch: rewrite the
--- orders it delivered, and any an earlier load changed whose refresh never ran.
+-- And, side by side with that, bring the order facts up to date.
 drop routine if exists business_vault.refresh_order_views(timestamptz);
-drop routine if exists business_vault.refresh_order_facts(timestamptz);
-drop routine if exists business_vault.refill_order_facts();
-create or replace procedure business_vault.refresh_order_facts(batch bigint)
+create or replace procedure business_vault.refresh_order_facts(snapshot timestamptz)
 language plpgsql
 as $$
 declare
-    snapshot timestamptz;
     caught_up_to timestamptz;
-    vault_orders uuid[];
+    changed uuid[];
     stored bigint;
-    delivered bigint;
-    staged_batch bigint;
 begin
-    select load_dts into snapshot from audit.load_batch where batch_id = batch;
+    -- The orders changed since the facts were last brought up to date: by this load, and by
+    -- any earlier one whose refresh never ran (every vault row carries its load's load_dts).
     select state.refreshed_through into caught_up_to
     from business_vault.order_facts_state as state
     for update;
     select count(*) into stored from business_vault.order_facts;
-    -- The batch's own orders come from its staged rows (business_vault.current_order_facts),
-    -- unless those are gone (a newer batch began before this refresh ran) or the batch failed
-    -- (its reconciliation may have found the vault holding something else).
-    select count(*) into delivered
-    from staging.stg_transactions
-    where batch_id = batch
-      and not exists (select from audit.load_batch where batch_id = batch and status = 'failed');
-    staged_batch := case when delivered > 0 then batch end;
-    -- Orders changed by an earlier load whose refresh never ran (its batch failed) are found
-    -- in the vault: every vault row carries its load's load_dts. So are the batch's own when
-    -- they are not taken from its staged rows.
-    vault_orders := case when staged_batch is null or exists (
-        select from audit.load_batch where load_dts > caught_up_to and load_dts < snapshot
-    ) then array(
+    changed := case when stored > 0 then array(
         select order_hk from raw_vault.sat_order_details
         where load_dts > caught_up_to and load_dts <= snapshot
         union
@@ -104,28 +86,18 @@ begin
         from raw_vault.sat_order_product_effectivity as again
         join raw_vault.link_order_product as link using (order_product_hk)
         where again.load_dts > caught_up_to and again.load_dts <= snapshot
-        except
-        select order_hk from staging.stg_transactions where batch_id = staged_batch
-    ) else '{}' end;
+    ) end;
 
-    -- Rewriting a few orders costs little; when most of them change (or the table is empty,
-    -- as before a first load), dropping the indexes and building them afresh once the rows
-    -- are in costs a fraction of that. The caller builds them (raw_vault.build_index), side
-    -- by side with the views that read the facts.
-    if stored = 0 or delivered + cardinality(vault_orders) > stored / 4 then
-        call raw_vault.drop_indexes('business_vault.order_facts');
+    -- Rewriting a few orders costs little; when most of them changed (or the table is empty,
+    -- as before a first load), refilling it and building its indexes afresh costs a fraction
+    -- of that.
+    if stored = 0 or cardinality(changed) > stored / 4 then
+        call business_vault.refill_order_facts();
+    elsif cardinality(changed) > 0 then
+        delete from business_vault.order_facts where order_hk = any (changed);
+        insert into business_vault.order_facts
+        select * from business_vault.order_facts_from_vault(changed);
     end if;
-    if stored = 0 then
-        -- Emptied in this transaction, the table's new rows skip the WAL (wal_level minimal).
-        truncate business_vault.order_facts;
-    else
-        delete from business_vault.order_facts
-        where order_hk in (
-            select order_hk from staging.stg_transactions where batch_id = staged_batch
-        ) or order_hk = any (vault_orders);
-    end if;
-    insert into business_vault.order_facts
-    select * from business_vault.current_order_facts(vault_orders, staged_batch);
     update business_vault.order_facts_state
     set refreshed_through = greatest(caught_up_to, snapshot);
     analyze business_vault.order_facts;
@@ -202,6 +174,19 @@ begin
     loop
         call raw_vault.build_index(dropped);
     end loop;
+end;
+$$;
+
+-- Refill the order facts from the vault, as a bulk load. The indexes are left to the caller
+-- (raw_vault.build_index), which builds them side by side with the views that read the facts.
+create or replace procedure business_vault.refill_order_facts()
+language plpgsql
+as $$
+begin
+    call raw_vault.drop_indexes('business_vault.order_facts');
+    truncate business_vault.order_facts;
+    insert into business_vault.order_facts
+    select * from business_vault.order_facts_from_vault(null);
 end;
 $$;
 
