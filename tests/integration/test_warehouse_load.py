@@ -322,9 +322,8 @@ def test_a_load_catches_up_the_views_of_a_batch_that_failed_before_its_refresh(
 def test_a_load_catches_up_the_orders_a_failed_batch_changed_that_it_does_not_deliver(
     small_database, small_data
 ):
-    """The views of a batch's own orders come from its staged rows; those of the orders a
-    failed batch changed before its refresh, which the batch does not deliver again, must
-    come from the vault."""
+    """The orders a failed batch changed before its refresh, which the next batch does not
+    deliver again, reach the views with the next batch's refresh."""
     settings = small_database
     base, next_day = small_data
     run_batch(base, settings)
@@ -359,21 +358,10 @@ def test_a_refresh_that_runs_after_a_newer_batch_began_finds_its_orders_in_the_v
     )
 
 
-@pytest.mark.parametrize(
-    "refresh_first", [True, False], ids=["refresh ends first", "refresh starts after"]
-)
-def test_after_a_failed_reconciliation_the_views_show_what_the_vault_holds(
-    make_database, small_data, tmp_path, refresh_first
-):
-    """A refresh beside a reconciliation takes the batch's orders from its staged rows; when
-    the reconciliation finds the vault holding something else, the views show the vault's
-    orders instead, whichever of the two ran first, once the next batch is refreshed."""
-    settings = make_database().model_copy(
-        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
-    )
-    base, _ = small_data
-    orders = expected_warehouse(base).orders
-    batch_id = load_up_to_the_vault(base, settings)
+def lose_and_overwrite_orders(settings, orders: dict) -> tuple[list[str], list[str]]:
+    """Tamper with the vault after a batch's vault step: the first three orders (by id) lose
+    their hub row, the next two get a newer satellite row with 100 more in total. Returns
+    both lists of ids."""
     order_ids = sorted(orders)
     lost, overwritten = order_ids[:3], order_ids[3:5]
     conn = psycopg2.connect(settings.dsn)
@@ -381,13 +369,37 @@ def test_after_a_failed_reconciliation_the_views_show_what_the_vault_holds(
         cur.execute("delete from raw_vault.hub_order where order_id = any(%s)", (lost,))
         cur.execute(
             """
-            update raw_vault.sat_order_details as sat set total_amount = total_amount + 100
-            from raw_vault.hub_order as hub
-            where hub.order_hk = sat.order_hk and hub.order_id = any(%s)
+            insert into raw_vault.sat_order_details
+            select sat.order_hk, sat.load_dts + interval '1 second', md5('changed')::uuid,
+                   sat.record_source, sat.quantity, sat.unit_price, sat.discount,
+                   sat.total_amount + 100, sat.transaction_ts, sat.payment_method,
+                   sat.order_status
+            from raw_vault.sat_order_details as sat
+            join raw_vault.hub_order as hub using (order_hk)
+            where hub.order_id = any(%s)
             """,
             (overwritten,),
         )
     conn.close()
+    return lost, overwritten
+
+
+@pytest.mark.parametrize(
+    "refresh_first", [True, False], ids=["refresh ends first", "refresh starts after"]
+)
+def test_after_a_failed_reconciliation_the_views_show_what_the_vault_holds(
+    make_database, small_data, tmp_path, refresh_first
+):
+    """When reconciliation finds the vault holding something other than what was staged, the
+    views show what the vault holds, whichever of refresh and reconciliation ran first,
+    once the next batch is refreshed."""
+    settings = make_database().model_copy(
+        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
+    )
+    base, _ = small_data
+    orders = expected_warehouse(base).orders
+    batch_id = load_up_to_the_vault(base, settings)
+    lost, overwritten = lose_and_overwrite_orders(settings, orders)
     if refresh_first:
         refresh_business_views(batch_id, settings)
     with pytest.raises(ReconciliationError):
@@ -459,25 +471,7 @@ def test_reconciliation_catches_what_did_not_reach_the_vault(
     data_dir = base if first_load else next_day
     orders = expected_warehouse(data_dir).orders
     batch_id = load_up_to_the_vault(data_dir, settings)
-    order_ids = sorted(orders)
-    lost, overwritten = order_ids[:3], order_ids[3:5]
-    conn = psycopg2.connect(settings.dsn)
-    with conn, conn.cursor() as cur:
-        cur.execute("delete from raw_vault.hub_order where order_id = any(%s)", (lost,))
-        cur.execute(
-            """
-            insert into raw_vault.sat_order_details
-            select sat.order_hk, sat.load_dts + interval '1 second', md5('changed')::uuid,
-                   sat.record_source, sat.quantity, sat.unit_price, sat.discount,
-                   sat.total_amount + 100, sat.transaction_ts, sat.payment_method,
-                   sat.order_status
-            from raw_vault.sat_order_details as sat
-            join raw_vault.hub_order as hub using (order_hk)
-            where hub.order_id = any(%s)
-            """,
-            (overwritten,),
-        )
-    conn.close()
+    lose_and_overwrite_orders(settings, orders)
 
     with pytest.raises(ReconciliationError):
         reconcile(batch_id, settings)
