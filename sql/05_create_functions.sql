@@ -63,6 +63,9 @@ declare
 begin
     -- The orders changed since the facts were last brought up to date: by this load, and by
     -- any earlier one whose refresh never ran (every vault row carries its load's load_dts).
+    -- With them, the orders whose hub row, or whose customer's or product's, arrived since:
+    -- hubs load beside links and satellites, so a batch that failed in its hubs can leave an
+    -- order pointing at a hub row that only a later batch brings.
     select state.refreshed_through into caught_up_to
     from business_vault.order_facts_state as state
     for update;
@@ -86,6 +89,19 @@ begin
         from raw_vault.sat_order_product_effectivity as again
         join raw_vault.link_order_product as link using (order_product_hk)
         where again.load_dts > caught_up_to and again.load_dts <= snapshot
+        union
+        select order_hk from raw_vault.hub_order
+        where load_dts > caught_up_to and load_dts <= snapshot
+        union
+        select link.order_hk
+        from raw_vault.hub_customer as hub
+        join raw_vault.link_customer_order as link using (customer_hk)
+        where hub.load_dts > caught_up_to and hub.load_dts <= snapshot
+        union
+        select link.order_hk
+        from raw_vault.hub_product as hub
+        join raw_vault.link_order_product as link using (product_hk)
+        where hub.load_dts > caught_up_to and hub.load_dts <= snapshot
     ) end;
 
     -- Rewriting a few orders costs little; when most of them changed (or the table is empty,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg2
@@ -29,7 +30,7 @@ from customer360.quality import ThresholdBreachedError
 from customer360.sources import SOURCE_NAMES
 from customer360.vault import VAULT_TABLES
 from tests.database_state import fingerprints, query
-from tests.deliveries import deliver, order
+from tests.deliveries import customer, deliver, order, product
 from tests.expected import (
     GHOST_ID,
     assert_customer_360_matches,
@@ -414,6 +415,97 @@ def test_after_a_failed_reconciliation_the_views_show_what_the_vault_holds(
     assert set(totals) == (set(orders) - set(lost)) | {"T-NEW"}
     for order_id in overwritten:
         assert totals[order_id] == orders[order_id]["total"] + 100
+
+
+def load_with_a_failing_hub_row(settings, data_dir: Path, hub: str, key: str) -> None:
+    """Load a delivery whose hubs step fails on one key of one hub, as a failure of the hubs
+    step would, after the links and satellites loaded beside it have committed."""
+    conn = psycopg2.connect(settings.dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            f"""
+            create function raw_vault.refuse_key() returns trigger language plpgsql as $$
+            begin raise exception 'the hub load failed'; end $$;
+            create trigger refuse_key before insert on raw_vault.hub_{hub}
+            for each row when (new.{hub}_id = %s) execute function raw_vault.refuse_key();
+            """,
+            (key,),
+        )
+    try:
+        with pytest.raises(psycopg2.Error, match="the hub load failed"):
+            run_batch(data_dir, settings)
+    finally:
+        with conn, conn.cursor() as cur:
+            cur.execute("drop function raw_vault.refuse_key() cascade")
+        conn.close()
+
+
+@pytest.mark.parametrize("hub", ["customer", "product"])
+def test_an_order_linked_to_a_hub_row_a_failed_batch_left_out_reaches_the_views_with_it(
+    make_database, tmp_path, hub
+):
+    """Hubs, links and satellites load side by side. When the hubs fail after the links
+    committed, an order moved to a new customer (or product) points at a hub row that is not
+    there, and drops out of the views at the next refresh; it is back once a later batch
+    brings that hub row, though no batch delivers the order again."""
+    settings = make_database().model_copy(
+        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
+    )
+    # Enough orders that a batch rewrites the facts of the orders it changed, not all.
+    first_orders = [f"T{number:02}" for number in range(1, 13)]
+    run_batch(deliver(tmp_path / "day1", transactions=[order(o) for o in first_orders]), settings)
+    new = {"customer": {"customer_id": "C2"}, "product": {"product_id": "P2"}}[hub]
+    new_key = next(iter(new.values()))
+    new_row = customer(new_key) if hub == "customer" else product(new_key)
+    moved = deliver(tmp_path / "day2", **{f"{hub}s": [new_row]}, transactions=[order("T01", **new)])
+    load_with_a_failing_hub_row(settings, moved, hub, new_key)
+    run_batch(deliver(tmp_path / "day3", transactions=[order("T13")]), settings)
+    assert query(settings, "select 1 from business_vault.order_facts where order_id = 'T01'") == []
+
+    # The new key arrives; T01 is not delivered again.
+    run_batch(
+        deliver(tmp_path / "day4", **{f"{hub}s": [new_row]}, transactions=[order("T14", **new)]),
+        settings,
+    )
+
+    orders = (
+        "select order_id, customer_id, product_id from business_vault.vw_order_analytics order by 1"
+    )
+    moved_orders = {"T01", "T14"}
+    expected = [
+        (order_id, new.get("customer_id", "C1"), new.get("product_id", "P1"))
+        if order_id in moved_orders
+        else (order_id, "C1", "P1")
+        for order_id in sorted([*first_orders, "T13", "T14"])
+    ]
+    assert query(settings, orders) == expected
+
+
+def test_an_order_whose_hub_row_a_failed_batch_left_out_reaches_the_views_when_delivered_again(
+    make_database, tmp_path
+):
+    """An order whose satellite and links committed while its hub row failed is out of the
+    views; delivered again unchanged, it adds only its hub row, and that brings it back."""
+    settings = make_database().model_copy(
+        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
+    )
+    first_orders = [f"T{number:02}" for number in range(1, 13)]
+    run_batch(deliver(tmp_path / "day1", transactions=[order(o) for o in first_orders]), settings)
+    late = [order("T13", total="13.00")]
+    load_with_a_failing_hub_row(
+        settings, deliver(tmp_path / "day2", transactions=late), "order", "T13"
+    )
+    run_batch(deliver(tmp_path / "day3", transactions=[order("T14")]), settings)
+    assert query(settings, "select 1 from business_vault.order_facts where order_id = 'T13'") == []
+
+    report = run_batch(deliver(tmp_path / "day4", transactions=[*late, order("T15")]), settings)
+
+    # T13 adds its hub row alone; T15, new, adds its satellite row too.
+    assert report["row_counts"]["inserted"]["hub_order"] == 2
+    assert report["row_counts"]["inserted"]["sat_order_details"] == 1
+    totals = "select order_id, total_amount from business_vault.vw_order_analytics order by 1"
+    expected = {order_id: Decimal("10.00") for order_id in [*first_orders, "T14", "T15"]}
+    assert query(settings, totals) == sorted((expected | {"T13": Decimal("13.00")}).items())
 
 
 def vault_index_oids(settings) -> dict[str, set[int]]:
