@@ -109,12 +109,35 @@ def _quoted(column: str) -> str:
     return f"coalesce(quote_literal(landed.{column}), 'nothing')"
 
 
-def _date_rule(column: str, fmt: str, kind: str) -> tuple[Rule, str]:
+def _local_time_skipped(value: str) -> str:
+    """SQL: a valid ISO timestamp without an offset names a local time that the session's time
+    zone skips (a daylight-saving gap). PostgreSQL would move it by the gap rather than refuse
+    it, as a configured format does."""
+    has_offset = f"({value} ~ '[zZ+]' or strpos(substr({value}, 11), '-') > 0)"
+    return (
+        f"case when {has_offset} then false"
+        f" else {value}::timestamptz::timestamp <> {value}::timestamp end"
+    )
+
+
+def _date_rule(column: str, fmt: str, kind: str, timezone: str = "UTC") -> tuple[Rule, str]:
     value = clean(column)
+    detail = (
+        f"'{column} ' || {_quoted(column)} || ' is not a valid {kind} ('"
+        f" || {_sql_literal(fmt)} || ')'"
+    )
     if fmt.lower() == "iso":
         pg_type = "date" if kind == "date" else "timestamptz"
         invalid = (_iso_date_invalid if kind == "date" else _iso_timestamp_invalid)(value)
         parsed = f"{value}::{pg_type}"
+        # UTC has no gaps: sources in it skip the test.
+        if kind != "date" and timezone.upper() != "UTC":
+            detail = (
+                f"case when {value} is null or {invalid} then {detail}"
+                f" else '{column} ' || {_quoted(column)} || ' is a local time that '"
+                f" || {_sql_literal(timezone)} || ' skips (clocks moved forward)' end"
+            )
+            invalid = f"({invalid} or {_local_time_skipped(value)})"
     else:
         parsed = f"staging.try_to_timestamp({value}, {_sql_literal(fmt)})"
         invalid = f"{parsed} is null"
@@ -123,10 +146,6 @@ def _date_rule(column: str, fmt: str, kind: str) -> tuple[Rule, str]:
     failing = f"{value} is not null and {invalid}"
     if kind != "date":
         failing = f"{value} is null or {invalid}"
-    detail = (
-        f"'{column} ' || {_quoted(column)} || ' is not a valid {kind} ('"
-        f" || {_sql_literal(fmt)} || ')'"
-    )
     return Rule("invalid_date", failing, detail), parsed
 
 
@@ -226,7 +245,10 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
         "signup_date", specs["customers"].formats.get("signup_date", "iso"), "date"
     )
     ts_rule, transaction_ts = _date_rule(
-        "transaction_ts", specs["transactions"].formats.get("transaction_ts", "iso"), "timestamp"
+        "transaction_ts",
+        specs["transactions"].formats.get("transaction_ts", "iso"),
+        "timestamp",
+        specs["transactions"].timezone,
     )
     customer_text = ("first_name", "last_name", "email", "phone", "city", "state", "country")
     # The free text of each source: its length is checked, and the hashdiff escapes it.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 import string
+from datetime import UTC, datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -491,6 +493,78 @@ def test_a_time_zone_postgresql_does_not_know_is_refused_before_the_batch(databa
         " PostgreSQL knows; use an IANA name such as UTC or Europe/Berlin"
     )
     assert query(settings, "select count(*) from audit.load_batch") == [(0,)]
+
+
+def local_time_exists(wall: datetime, zone: ZoneInfo) -> bool:
+    """Python's own answer: a wall-clock time exists in a zone when it survives the round trip
+    through UTC unchanged."""
+    back = wall.replace(tzinfo=zone).astimezone(UTC).astimezone(zone).replace(tzinfo=None)
+    return back == wall
+
+
+@pytest.mark.parametrize("transaction_ts", ["iso", "YYYY-MM-DD HH24:MI:SS"])
+def test_a_local_time_the_sources_zone_skips_is_refused(database, tmp_path, transaction_ts):
+    """Clocks in Berlin went from 02:00 to 03:00 on 2025-03-30: no local time between exists,
+    whether the timestamps are read as ISO or by a configured format. The same wall time with
+    an offset names an instant and loads."""
+    config = tmp_path / "sources.yaml"
+    config.write_text(
+        "sources:\n  transactions:\n    timezone: Europe/Berlin\n"
+        f"    formats:\n      transaction_ts: {transaction_ts}\n",
+        encoding="utf-8",
+    )
+    settings = database.model_copy(update={"sources_config": config})
+    berlin = ZoneInfo("Europe/Berlin")
+    local = {
+        "T1": "2025-03-30 02:30:00",
+        "T2": "2025-03-30 03:30:00",
+        "T3": "2025-03-30 01:59:59",
+        "T4": "2025-07-01 12:00:00",
+    }
+    deliver(
+        tmp_path / "day1",
+        transactions=[*(order(key, ts=ts) for key, ts in local.items()), order("T5", ts="")],
+    )
+
+    run_batch(tmp_path / "day1", settings)
+
+    walls = {key: datetime.fromisoformat(ts) for key, ts in local.items()}
+    skipped = {key for key, wall in walls.items() if not local_time_exists(wall, berlin)}
+    assert skipped == {"T1"}
+    detail = (
+        "transaction_ts '2025-03-30 02:30:00' is a local time that Europe/Berlin skips"
+        " (clocks moved forward)"
+        if transaction_ts == "iso"
+        else f"transaction_ts '2025-03-30 02:30:00' is not a valid timestamp ({transaction_ts})"
+    )
+    assert quarantined(settings, "transactions") == {
+        2: ("invalid_date", detail),
+        6: ("invalid_date", f"transaction_ts nothing is not a valid timestamp ({transaction_ts})"),
+    }
+    assert query(
+        settings,
+        "select order_id, transaction_ts from business_vault.vw_order_analytics order by 1",
+    ) == [(key, wall.replace(tzinfo=berlin)) for key, wall in walls.items() if key not in skipped]
+
+
+def test_an_iso_timestamp_with_an_offset_in_a_zone_with_gaps_names_its_instant(database, tmp_path):
+    config = tmp_path / "sources.yaml"
+    config.write_text("sources:\n  transactions:\n    timezone: Europe/Berlin\n", encoding="utf-8")
+    settings = database.model_copy(update={"sources_config": config})
+    stamps = {
+        "T1": "2025-03-30 02:30:00+00:00",
+        "T2": "2025-03-30T02:30:00Z",
+        "T3": "2025-03-30 02:30:00-05:00",
+    }
+    deliver(tmp_path / "day1", transactions=[order(key, ts=ts) for key, ts in stamps.items()])
+
+    run_batch(tmp_path / "day1", settings)
+
+    assert quarantined(settings, "transactions") == {}
+    assert query(
+        settings,
+        "select order_id, transaction_ts from business_vault.vw_order_analytics order by 1",
+    ) == [(key, datetime.fromisoformat(ts)) for key, ts in stamps.items()]
 
 
 def test_numbers_are_plain_decimals(database, tmp_path):
