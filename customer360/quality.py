@@ -149,8 +149,22 @@ def _date_rule(column: str, fmt: str, kind: str, timezone: str = "UTC") -> tuple
     return Rule("invalid_date", failing, detail), parsed
 
 
+# A plain decimal, which the number test below takes when its type can hold it.
+PLAIN_DECIMAL = r"'^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$'"
+
+
+def _range_of(pg_type: str) -> str:
+    """What a number of ``pg_type`` can hold, in words."""
+    if pg_type == "integer":
+        return "an integer lies between -2147483648 and 2147483647"
+    precision, scale = (int(part) for part in pg_type.split("(")[1].rstrip(")").split(","))
+    digits = precision - scale
+    return f"{pg_type} holds at most {digits} digit{'s' if digits > 1 else ''} before the point"
+
+
 def _number_rule(columns: dict[str, str], optional: tuple[str, ...] = ()) -> Rule:
-    """Rows where any listed column (column -> its SQL type) is missing or not a number."""
+    """Rows where any listed column (column -> its SQL type) is missing, not a number, or a
+    number its type cannot hold."""
     checks, details = [], []
     for column, pg_type in columns.items():
         value = clean(column)
@@ -158,10 +172,13 @@ def _number_rule(columns: dict[str, str], optional: tuple[str, ...] = ()) -> Rul
         if column in optional:
             check = f"({value} is not null and {_number_invalid(value, pg_type)})"
         checks.append(check)
-        details.append(f"case when {check} then '{column} ' || {_quoted(column)} end")
+        details.append(
+            f"case when {check} then '{column} ' || {_quoted(column)}"
+            f" || case when {value} ~ {PLAIN_DECIMAL}"
+            f" then ' is out of range: {_range_of(pg_type)}' else ' is not a number' end end"
+        )
     failing = " or ".join(checks)
-    detail = f"concat_ws(', ', {', '.join(details)}) || ' is not a number'"
-    return Rule("invalid_number", failing, detail)
+    return Rule("invalid_number", failing, f"concat_ws(', ', {', '.join(details)})")
 
 
 def _decimal_places_rule(columns: dict[str, int]) -> Rule:

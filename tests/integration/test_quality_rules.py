@@ -597,6 +597,44 @@ def test_numbers_are_plain_decimals(database, tmp_path):
     ) == [("P1", "10.00", "4.00"), ("P5", "10.50", "0.50")]
 
 
+def test_a_number_its_column_cannot_hold_is_refused_as_out_of_range(database, tmp_path):
+    line = "{},C1,P1,{},{},{},{},2025-03-01 10:00:00,paypal,shipped"
+    deliver(
+        tmp_path / "day1",
+        transactions=[
+            line.format("T1", "2147483647", "9999999999.99", "0.9999", "999999999999.99"),
+            line.format("T2", "2147483648", "10.00", "", "10.00"),
+            line.format("T3", "1", "10000000000", "", "1e12"),
+            line.format("T4", "abc", "99999999999.00", "10", "10.00"),
+        ],
+    )
+
+    run_batch(tmp_path / "day1", database)
+
+    integer_range = "an integer lies between -2147483648 and 2147483647"
+    price_range = "numeric(12, 2) holds at most 10 digits before the point"
+    assert quarantined(database, "transactions") == {
+        3: ("invalid_number", f"quantity '2147483648' is out of range: {integer_range}"),
+        4: (
+            "invalid_number",
+            f"unit_price '10000000000' is out of range: {price_range},"
+            " total_amount '1e12' is out of range:"
+            " numeric(14, 2) holds at most 12 digits before the point",
+        ),
+        5: (
+            "invalid_number",
+            f"quantity 'abc' is not a number, unit_price '99999999999.00' is out of range:"
+            f" {price_range}, discount '10' is out of range:"
+            " numeric(5, 4) holds at most 1 digit before the point",
+        ),
+    }
+    assert query(
+        database,
+        "select order_id, quantity, unit_price::text, total_amount::text"
+        " from business_vault.vw_order_analytics",
+    ) == [("T1", 2147483647, "9999999999.99", "999999999999.99")]
+
+
 def test_values_are_trimmed_of_tabs_and_line_breaks_as_keys_are(database, tmp_path):
     deliver(
         tmp_path / "day1",
