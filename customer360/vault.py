@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from customer360.quality import GHOST_KEY
+
 
 @dataclass(frozen=True)
 class VaultInsert:
@@ -82,10 +84,93 @@ def _delivered_again(satellite: str, link: str, link_key: str, delivered: str) -
     return VaultInsert("stg_transactions", statement, statement)
 
 
+def _late_arrivals(link: str, link_key: str, columns: str, named: str, delivered: str) -> str:
+    """The links of orders an earlier batch linked to a ghost record because the customer (or
+    product, ``named``) they name was unknown then, and which this batch makes known: each
+    order still linked to the ghost is linked to it, as of this load. What an order named is
+    kept by its latest 'ghost_linked' row in the quarantine; an order this batch delivers
+    again is linked by its staged row instead."""
+    hub_key = f"{named}_hk"
+    link_hash = {
+        "customer": "raw_vault.hash_key(arrived.customer_id, arrived.order_id)",
+        "product": "raw_vault.hash_key(arrived.order_id, arrived.product_id)",
+    }[named]
+    late_columns = ", ".join(f"late.{column.strip()}" for column in columns.split(","))
+    return f"""
+        select late.{link_key}, {late_columns}, %(load_dts)s, late.record_source
+        from (
+            with named as (
+                select distinct on (raw_vault.hash_key(ghosted.business_key))
+                       raw_vault.hash_key(ghosted.business_key) as order_hk,
+                       ghosted.business_key as order_id,
+                       ghosted.raw_row ->> '{named}_id' as {named}_id,
+                       batch.load_dts as ghosted_dts
+                from audit.quarantine as ghosted
+                join audit.load_batch as batch using (batch_id)
+                where ghosted.source = 'transactions' and ghosted.disposition = 'ghost_linked'
+                  and ghosted.batch_id < %(batch_id)s
+                order by raw_vault.hash_key(ghosted.business_key), ghosted.batch_id desc,
+                         ghosted.line_number desc
+            ),
+
+            -- Named keys that reached the hub after the order was linked to the ghost, or
+            -- that this batch stages (its hubs load beside this step).
+            arrived as (
+                select named.*, raw_vault.hash_key(named.{named}_id) as {hub_key}
+                from named
+                where (
+                        exists (
+                            select from raw_vault.hub_{named} as hub
+                            where hub.{hub_key} = raw_vault.hash_key(named.{named}_id)
+                              and hub.load_dts > named.ghosted_dts
+                        )
+                        or raw_vault.hash_key(named.{named}_id) in (
+                            select {hub_key} from staging.stg_{named}s
+                            where batch_id = %(batch_id)s
+                        )
+                      )
+                  and named.order_hk not in (
+                          select order_hk from staging.stg_transactions
+                          where batch_id = %(batch_id)s
+                      )
+            ),
+
+            current_link as (
+                select distinct on (order_hk) order_hk, {hub_key}, {link_key}
+                from business_vault.{delivered}
+                where order_hk in (select order_hk from arrived)
+                order by order_hk, delivered_dts desc
+            )
+
+            select {link_hash} as {link_key}, arrived.{hub_key}, arrived.order_hk,
+                   ghost.record_source
+            from arrived
+            join current_link using (order_hk)
+            join raw_vault.{link} as ghost on ghost.{link_key} = current_link.{link_key}
+            where current_link.{hub_key} = '{GHOST_KEY}'
+        ) as late
+        where not exists (
+            select from raw_vault.{link} as existing where existing.{link_key} = late.{link_key}
+        )
+    """
+
+
+def _order_link(link: str, link_key: str, columns: str, named: str, delivered: str) -> VaultInsert:
+    """A link's new rows: the staged orders' new relationships, and the late arrivals'."""
+    staged = _new_keys(link, link_key, columns, "stg_transactions").statement
+    late = _late_arrivals(link, link_key, columns, named, delivered)
+    statement = f"{staged}union all{late}"
+    return VaultInsert("stg_transactions", statement, statement)
+
+
 # Each link, then its effectivity satellite.
 LINK_INSERTS = {
-    "link_customer_order": _new_keys(
-        "link_customer_order", "customer_order_hk", "customer_hk, order_hk", "stg_transactions"
+    "link_customer_order": _order_link(
+        "link_customer_order",
+        "customer_order_hk",
+        "customer_hk, order_hk",
+        "customer",
+        "vw_customer_order_delivered",
     ),
     "sat_customer_order_effectivity": _delivered_again(
         "sat_customer_order_effectivity",
@@ -93,8 +178,12 @@ LINK_INSERTS = {
         "customer_order_hk",
         "vw_customer_order_delivered",
     ),
-    "link_order_product": _new_keys(
-        "link_order_product", "order_product_hk", "order_hk, product_hk", "stg_transactions"
+    "link_order_product": _order_link(
+        "link_order_product",
+        "order_product_hk",
+        "order_hk, product_hk",
+        "product",
+        "vw_order_product_delivered",
     ),
     "sat_order_product_effectivity": _delivered_again(
         "sat_order_product_effectivity",

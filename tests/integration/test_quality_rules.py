@@ -708,3 +708,93 @@ def test_an_order_whose_customer_or_product_was_refused_says_so(database, tmp_pa
         ),
         5: ("unknown_customer", f"customer 'C9' is not in the customer hub{ghost}"),
     }
+
+
+@pytest.mark.parametrize("late", ["customer", "product"])
+def test_an_order_linked_to_a_ghost_is_linked_to_its_customer_or_product_when_it_arrives(
+    database, tmp_path, late
+):
+    """T2 names a customer (or product) nobody delivered yet: it loads against the ghost
+    record. When a later batch brings that customer, T2, not delivered again, is theirs."""
+    named = {"customer": {"customer_id": "C9"}, "product": {"product_id": "P9"}}[late]
+    day1 = deliver(
+        tmp_path / "day1", transactions=[order("T1"), order("T2", total="25.00", **named)]
+    )
+    run_batch(day1, database)
+    current = (
+        "select order_id, customer_id, product_id from business_vault.vw_order_analytics"
+        " order by order_id"
+    )
+    assert query(database, current) == [
+        ("T1", "C1", "P1"),
+        ("T2", None if late == "customer" else "C1", None if late == "product" else "P1"),
+    ]
+
+    arrival = customer("C9") if late == "customer" else product("P9")
+    day2 = deliver(tmp_path / "day2", **{f"{late}s": [arrival]}, transactions=[order("T3")])
+    report = run_batch(day2, database)
+
+    t2 = ("T2", named.get("customer_id", "C1"), named.get("product_id", "P1"))
+    assert query(database, current) == [("T1", "C1", "P1"), t2, ("T3", "C1", "P1")]
+    # T3's link and T2's new one; the relationship dates from the load that made it known.
+    link = f"link_{'customer_order' if late == 'customer' else 'order_product'}"
+    assert report["row_counts"]["inserted"][link] == 2
+    assert query(
+        database,
+        f"select link.record_source, link.load_dts = batch.load_dts from raw_vault.{link} as link"
+        f" join raw_vault.hub_{late} as hub using ({late}_hk), audit.load_batch as batch"
+        f" where hub.{late}_id = %s and batch.batch_id = %s",
+        (next(iter(named.values())), report["batch_id"]),
+    ) == [("pos.transactions", True)]
+    if late == "customer":
+        assert query(
+            database,
+            "select order_count, lifetime_value from business_vault.vw_customer_360"
+            " where customer_id = 'C9'",
+        ) == [(1, Decimal("25.00"))]
+    else:
+        assert query(
+            database,
+            "select units_sold, revenue from business_vault.vw_product_analytics"
+            " where product_id = 'P9'",
+        ) == [(1, Decimal("25.00"))]
+
+    # Later batches, and the links step of this one run again, add nothing for T2.
+    load_links(report["batch_id"], database)
+    run_batch(deliver(tmp_path / "day3", transactions=[order("T4")]), database)
+    assert query(
+        database,
+        f"select count(*) from raw_vault.{link} as link join raw_vault.hub_order using (order_hk)"
+        " where hub_order.order_id = 'T2'",
+    ) == [(2,)]
+
+
+def test_a_ghost_linked_order_delivered_since_with_a_known_customer_keeps_it(database, tmp_path):
+    """Only an order still linked to the ghost is linked when its customer arrives: one
+    delivered since with another customer keeps that one, as does one the arriving batch
+    delivers with another."""
+    run_batch(
+        deliver(
+            tmp_path / "day1",
+            transactions=[order("T1", customer_id="C9"), order("T2", customer_id="C9")],
+        ),
+        database,
+    )
+    run_batch(
+        deliver(tmp_path / "day2", transactions=[order("T1"), order("T3", customer_id="C8")]),
+        database,
+    )
+
+    run_batch(
+        deliver(
+            tmp_path / "day3",
+            customers=[customer("C1"), customer("C8"), customer("C9")],
+            transactions=[order("T2", customer_id="C8")],
+        ),
+        database,
+    )
+
+    assert query(
+        database,
+        "select order_id, customer_id from business_vault.vw_order_analytics order by order_id",
+    ) == [("T1", "C1"), ("T2", "C8"), ("T3", "C8")]
