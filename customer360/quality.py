@@ -122,22 +122,24 @@ def _local_time_skipped(value: str) -> str:
 
 def _date_rule(column: str, fmt: str, kind: str, timezone: str = "UTC") -> tuple[Rule, str]:
     value = clean(column)
-    detail = (
+    not_valid = (
         f"'{column} ' || {_quoted(column)} || ' is not a valid {kind} ('"
         f" || {_sql_literal(fmt)} || ')'"
     )
+    detail = not_valid
     if fmt.lower() == "iso":
         pg_type = "date" if kind == "date" else "timestamptz"
-        invalid = (_iso_date_invalid if kind == "date" else _iso_timestamp_invalid)(value)
+        shape_invalid = (_iso_date_invalid if kind == "date" else _iso_timestamp_invalid)(value)
+        invalid = shape_invalid
         parsed = f"{value}::{pg_type}"
         # UTC has no gaps: sources in it skip the test.
         if kind != "date" and timezone.upper() != "UTC":
+            invalid = f"({shape_invalid} or {_local_time_skipped(value)})"
             detail = (
-                f"case when {value} is null or {invalid} then {detail}"
+                f"case when {value} is null or {shape_invalid} then {not_valid}"
                 f" else '{column} ' || {_quoted(column)} || ' is a local time that '"
                 f" || {_sql_literal(timezone)} || ' skips (clocks moved forward)' end"
             )
-            invalid = f"({invalid} or {_local_time_skipped(value)})"
     else:
         parsed = f"staging.try_to_timestamp({value}, {_sql_literal(fmt)})"
         invalid = f"{parsed} is null"
@@ -149,17 +151,33 @@ def _date_rule(column: str, fmt: str, kind: str, timezone: str = "UTC") -> tuple
     return Rule("invalid_date", failing, detail), parsed
 
 
-# A plain decimal, which the number test below takes when its type can hold it.
+# Numbers as the contract writes them: whole, and plain decimals.
+WHOLE_NUMBER = r"'^[-+]?[0-9]+$'"
 PLAIN_DECIMAL = r"'^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$'"
+# What a number of each type the contract uses can hold, in words.
+RANGES = {
+    "integer": "an integer lies between -2147483648 and 2147483647",
+    "numeric(5, 4)": "numeric(5, 4) holds at most 1 digit before the point,"
+    " once rounded to 4 decimal places",
+    "numeric(12, 2)": "numeric(12, 2) holds at most 10 digits before the point,"
+    " once rounded to 2 decimal places",
+    "numeric(14, 2)": "numeric(14, 2) holds at most 12 digits before the point,"
+    " once rounded to 2 decimal places",
+}
 
 
-def _range_of(pg_type: str) -> str:
-    """What a number of ``pg_type`` can hold, in words."""
+def _not_a_number_because(value: str, pg_type: str) -> str:
+    """SQL: why a value its type refuses is refused, read off its shape."""
     if pg_type == "integer":
-        return "an integer lies between -2147483648 and 2147483647"
-    precision, scale = (int(part) for part in pg_type.split("(")[1].rstrip(")").split(","))
-    digits = precision - scale
-    return f"{pg_type} holds at most {digits} digit{'s' if digits > 1 else ''} before the point"
+        return (
+            f"case when {value} ~ {WHOLE_NUMBER} then ' is out of range: {RANGES[pg_type]}'"
+            f" when {value} ~ {PLAIN_DECIMAL} then ' is not written as a whole number'"
+            " else ' is not a number' end"
+        )
+    return (
+        f"case when {value} ~ {PLAIN_DECIMAL} then ' is out of range: {RANGES[pg_type]}'"
+        " else ' is not a number' end"
+    )
 
 
 def _number_rule(columns: dict[str, str], optional: tuple[str, ...] = ()) -> Rule:
@@ -174,8 +192,7 @@ def _number_rule(columns: dict[str, str], optional: tuple[str, ...] = ()) -> Rul
         checks.append(check)
         details.append(
             f"case when {check} then '{column} ' || {_quoted(column)}"
-            f" || case when {value} ~ {PLAIN_DECIMAL}"
-            f" then ' is out of range: {_range_of(pg_type)}' else ' is not a number' end end"
+            f" || {_not_a_number_because(value, pg_type)} end"
         )
     failing = " or ".join(checks)
     return Rule("invalid_number", failing, f"concat_ws(', ', {', '.join(details)})")

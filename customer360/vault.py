@@ -51,11 +51,87 @@ HUB_INSERTS = {
 }
 
 
-def _delivered_again(satellite: str, link: str, link_key: str, delivered: str) -> VaultInsert:
-    """Record the staged order links that an earlier load delivered but that are not their
-    order's latest delivered link (``delivered``: each link with the load that last delivered
-    it): the order had moved to another customer or product and came back. A relationship
-    delivered for the first time is recorded by its link row alone."""
+def _late_links(hub: str, link: str, link_key: str, delivered: str) -> str:
+    """SQL: the orders to link now to a customer (or product, ``hub``) that this batch stages,
+    which an earlier batch linked to the ghost record because they named it before it was
+    known. An order qualifies when its latest ghost-linked delivery, in a batch whose links
+    step committed, named that key, when its current link (``delivered``) is still the ghost's,
+    and when this batch does not deliver it again (its staged row decides then). Columns: the
+    new link's key, ``{hub}_hk``, ``order_hk`` and the record source of the order's ghost
+    link. Known keys are read from staging, not from the hub, which the hubs step, running
+    beside the links step, may hold locked for a bulk load."""
+    link_hash = {
+        "customer": "raw_vault.hash_key(named.customer_id, named.order_id)",
+        "product": "raw_vault.hash_key(named.order_id, named.product_id)",
+    }[hub]
+    return f"""
+        with named as (
+            select distinct on (raw_vault.hash_key(ghosted.business_key))
+                   raw_vault.hash_key(ghosted.business_key) as order_hk,
+                   ghosted.business_key as order_id,
+                   ghosted.raw_row ->> '{hub}_id' as {hub}_id
+            from audit.quarantine as ghosted
+            join audit.load_batch as batch using (batch_id)
+            where ghosted.source = 'transactions' and ghosted.disposition = 'ghost_linked'
+              and ghosted.batch_id < %(batch_id)s
+              and batch.row_counts -> 'inserted' ? '{link}'
+            order by raw_vault.hash_key(ghosted.business_key), ghosted.batch_id desc,
+                     ghosted.line_number desc
+        ),
+
+        arrived as (
+            select {link_hash} as {link_key}, stg.{hub}_hk, named.order_hk
+            from named
+            join staging.stg_{hub}s as stg
+              on stg.batch_id = %(batch_id)s
+             and stg.{hub}_hk = raw_vault.hash_key(named.{hub}_id)
+            where named.order_hk not in (
+                select order_hk from staging.stg_transactions where batch_id = %(batch_id)s
+            )
+        ),
+
+        current_link as (
+            select distinct on (order_hk) order_hk, {hub}_hk, {link_key}
+            from business_vault.{delivered}
+            where order_hk in (select order_hk from arrived)
+            order by order_hk, delivered_dts desc
+        )
+
+        -- The ghost link is read for its record source: the relationship comes from the
+        -- order's delivery.
+        select arrived.*, ghost_link.record_source
+        from arrived
+        join current_link using (order_hk)
+        join raw_vault.{link} as ghost_link
+          on ghost_link.{link_key} = current_link.{link_key}
+        where current_link.{hub}_hk = '{GHOST_KEY}'
+    """
+
+
+def _order_link(link: str, link_key: str, columns: str, hub: str, delivered: str) -> VaultInsert:
+    """A link's new rows: the staged orders' new relationships, and those of the orders whose
+    customer (or product, ``hub``) arrived late that the link does not hold yet."""
+    late_columns = ", ".join(f"late.{column.strip()}" for column in columns.split(","))
+    statement = f"""
+        {_new_keys(link, link_key, columns, "stg_transactions").statement}
+        union all
+        select late.{link_key}, {late_columns}, %(load_dts)s, late.record_source
+        from ({_late_links(hub, link, link_key, delivered)}) as late
+        where not exists (
+            select from raw_vault.{link} as existing where existing.{link_key} = late.{link_key}
+        )
+    """
+    return VaultInsert("stg_transactions", statement, statement)
+
+
+def _delivered_again(
+    satellite: str, link: str, link_key: str, hub: str, delivered: str
+) -> VaultInsert:
+    """Record the order links that an earlier load delivered but that are not their order's
+    latest delivered link (``delivered``: each link with the load that last delivered it):
+    the order had moved to another customer or product and came back, either delivered again
+    or, linked to the ghost meanwhile, by the late arrival of that customer or product. A
+    relationship delivered for the first time is recorded by its link row alone."""
     statement = f"""
         with latest_before as (
             select distinct on (order_hk) order_hk, {link_key}
@@ -65,101 +141,31 @@ def _delivered_again(satellite: str, link: str, link_key: str, delivered: str) -
                   select order_hk from staging.stg_transactions where batch_id = %(batch_id)s
               )
             order by order_hk, delivered_dts desc
+        ),
+
+        again as (
+            select stg.{link_key}, stg.record_source
+            from staging.stg_transactions as stg
+            join latest_before using (order_hk)
+            where stg.batch_id = %(batch_id)s
+              and latest_before.{link_key} <> stg.{link_key}
+            union all
+            select late.{link_key}, late.record_source
+            from ({_late_links(hub, link, link_key, delivered)}) as late
         )
+
         insert into raw_vault.{satellite} ({link_key}, load_dts, record_source)
-        select stg.{link_key}, %(load_dts)s, stg.record_source
-        from staging.stg_transactions as stg
-        join latest_before using (order_hk)
-        where stg.batch_id = %(batch_id)s
-          and latest_before.{link_key} <> stg.{link_key}
-          and exists (
+        select again.{link_key}, %(load_dts)s, again.record_source
+        from again
+        where exists (
               select from raw_vault.{link} as earlier
-              where earlier.{link_key} = stg.{link_key} and earlier.load_dts < %(load_dts)s
+              where earlier.{link_key} = again.{link_key} and earlier.load_dts < %(load_dts)s
           )
           and not exists (
               select from raw_vault.{satellite} as recorded
-              where recorded.{link_key} = stg.{link_key} and recorded.load_dts = %(load_dts)s
+              where recorded.{link_key} = again.{link_key} and recorded.load_dts = %(load_dts)s
           )
     """
-    return VaultInsert("stg_transactions", statement, statement)
-
-
-def _late_arrivals(link: str, link_key: str, columns: str, named: str, delivered: str) -> str:
-    """The links of orders an earlier batch linked to a ghost record because the customer (or
-    product, ``named``) they name was unknown then, and which this batch makes known: each
-    order still linked to the ghost is linked to it, as of this load. What an order named is
-    kept by its latest 'ghost_linked' row in the quarantine; an order this batch delivers
-    again is linked by its staged row instead."""
-    hub_key = f"{named}_hk"
-    link_hash = {
-        "customer": "raw_vault.hash_key(arrived.customer_id, arrived.order_id)",
-        "product": "raw_vault.hash_key(arrived.order_id, arrived.product_id)",
-    }[named]
-    late_columns = ", ".join(f"late.{column.strip()}" for column in columns.split(","))
-    return f"""
-        select late.{link_key}, {late_columns}, %(load_dts)s, late.record_source
-        from (
-            with named as (
-                select distinct on (raw_vault.hash_key(ghosted.business_key))
-                       raw_vault.hash_key(ghosted.business_key) as order_hk,
-                       ghosted.business_key as order_id,
-                       ghosted.raw_row ->> '{named}_id' as {named}_id,
-                       batch.load_dts as ghosted_dts
-                from audit.quarantine as ghosted
-                join audit.load_batch as batch using (batch_id)
-                where ghosted.source = 'transactions' and ghosted.disposition = 'ghost_linked'
-                  and ghosted.batch_id < %(batch_id)s
-                order by raw_vault.hash_key(ghosted.business_key), ghosted.batch_id desc,
-                         ghosted.line_number desc
-            ),
-
-            -- Named keys that reached the hub after the order was linked to the ghost, or
-            -- that this batch stages (its hubs load beside this step).
-            arrived as (
-                select named.*, raw_vault.hash_key(named.{named}_id) as {hub_key}
-                from named
-                where (
-                        exists (
-                            select from raw_vault.hub_{named} as hub
-                            where hub.{hub_key} = raw_vault.hash_key(named.{named}_id)
-                              and hub.load_dts > named.ghosted_dts
-                        )
-                        or raw_vault.hash_key(named.{named}_id) in (
-                            select {hub_key} from staging.stg_{named}s
-                            where batch_id = %(batch_id)s
-                        )
-                      )
-                  and named.order_hk not in (
-                          select order_hk from staging.stg_transactions
-                          where batch_id = %(batch_id)s
-                      )
-            ),
-
-            current_link as (
-                select distinct on (order_hk) order_hk, {hub_key}, {link_key}
-                from business_vault.{delivered}
-                where order_hk in (select order_hk from arrived)
-                order by order_hk, delivered_dts desc
-            )
-
-            select {link_hash} as {link_key}, arrived.{hub_key}, arrived.order_hk,
-                   ghost.record_source
-            from arrived
-            join current_link using (order_hk)
-            join raw_vault.{link} as ghost on ghost.{link_key} = current_link.{link_key}
-            where current_link.{hub_key} = '{GHOST_KEY}'
-        ) as late
-        where not exists (
-            select from raw_vault.{link} as existing where existing.{link_key} = late.{link_key}
-        )
-    """
-
-
-def _order_link(link: str, link_key: str, columns: str, named: str, delivered: str) -> VaultInsert:
-    """A link's new rows: the staged orders' new relationships, and the late arrivals'."""
-    staged = _new_keys(link, link_key, columns, "stg_transactions").statement
-    late = _late_arrivals(link, link_key, columns, named, delivered)
-    statement = f"{staged}union all{late}"
     return VaultInsert("stg_transactions", statement, statement)
 
 
@@ -176,6 +182,7 @@ LINK_INSERTS = {
         "sat_customer_order_effectivity",
         "link_customer_order",
         "customer_order_hk",
+        "customer",
         "vw_customer_order_delivered",
     ),
     "link_order_product": _order_link(
@@ -189,6 +196,7 @@ LINK_INSERTS = {
         "sat_order_product_effectivity",
         "link_order_product",
         "order_product_hk",
+        "product",
         "vw_order_product_delivered",
     ),
 }

@@ -13,6 +13,7 @@ import pytest
 
 from customer360.errors import UserFacingError
 from customer360.pipeline import load_links, run_batch
+from customer360.quality import ThresholdBreachedError
 from tests.database_state import query
 from tests.deliveries import customer, deliver, order, product
 
@@ -606,26 +607,34 @@ def test_a_number_its_column_cannot_hold_is_refused_as_out_of_range(database, tm
             line.format("T2", "2147483648", "10.00", "", "10.00"),
             line.format("T3", "1", "10000000000", "", "1e12"),
             line.format("T4", "abc", "99999999999.00", "10", "10.00"),
+            line.format("T5", "1.5", "9999999999.999", "", "10.00"),
         ],
     )
 
     run_batch(tmp_path / "day1", database)
 
     integer_range = "an integer lies between -2147483648 and 2147483647"
-    price_range = "numeric(12, 2) holds at most 10 digits before the point"
+    price_range = (
+        "numeric(12, 2) holds at most 10 digits before the point, once rounded to 2 decimal places"
+    )
     assert quarantined(database, "transactions") == {
         3: ("invalid_number", f"quantity '2147483648' is out of range: {integer_range}"),
         4: (
             "invalid_number",
             f"unit_price '10000000000' is out of range: {price_range},"
-            " total_amount '1e12' is out of range:"
-            " numeric(14, 2) holds at most 12 digits before the point",
+            " total_amount '1e12' is out of range: numeric(14, 2) holds at most 12 digits"
+            " before the point, once rounded to 2 decimal places",
         ),
         5: (
             "invalid_number",
             f"quantity 'abc' is not a number, unit_price '99999999999.00' is out of range:"
-            f" {price_range}, discount '10' is out of range:"
-            " numeric(5, 4) holds at most 1 digit before the point",
+            f" {price_range}, discount '10' is out of range: numeric(5, 4) holds at most 1 digit"
+            " before the point, once rounded to 4 decimal places",
+        ),
+        6: (
+            "invalid_number",
+            "quantity '1.5' is not written as a whole number,"
+            f" unit_price '9999999999.999' is out of range: {price_range}",
         ),
     }
     assert query(
@@ -798,3 +807,28 @@ def test_a_ghost_linked_order_delivered_since_with_a_known_customer_keeps_it(dat
         database,
         "select order_id, customer_id from business_vault.vw_order_analytics order by order_id",
     ) == [("T1", "C1"), ("T2", "C8"), ("T3", "C8")]
+
+
+def test_a_late_customer_is_linked_only_to_what_loaded_batches_named(database, tmp_path):
+    """A batch that failed before the vault named C8 for T2; its quarantine rows stay, but
+    C8's arrival does not move T2, which C9, named by the batch that loaded, then takes."""
+    run_batch(
+        deliver(tmp_path / "day1", transactions=[order("T1"), order("T2", customer_id="C9")]),
+        database,
+    )
+    strict = database.model_copy(update={"min_products": 2})
+    with pytest.raises(ThresholdBreachedError):
+        run_batch(deliver(tmp_path / "day2", transactions=[order("T2", customer_id="C8")]), strict)
+    current = "select customer_id from business_vault.vw_order_analytics where order_id = 'T2'"
+
+    run_batch(
+        deliver(tmp_path / "day3", customers=[customer("C8")], transactions=[order("T3")]),
+        database,
+    )
+    assert query(database, current) == [(None,)]
+
+    run_batch(
+        deliver(tmp_path / "day4", customers=[customer("C9")], transactions=[order("T4")]),
+        database,
+    )
+    assert query(database, current) == [("C9",)]

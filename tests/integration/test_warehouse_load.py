@@ -508,6 +508,64 @@ def test_an_order_whose_hub_row_a_failed_batch_left_out_reaches_the_views_when_d
     assert query(settings, totals) == sorted((expected | {"T13": Decimal("13.00")}).items())
 
 
+def test_a_late_customer_whose_link_a_failed_batch_left_takes_its_order_back(
+    make_database, tmp_path
+):
+    """T2's link to C9 committed while C9's hub row failed; delivered again before C9
+    arrived, T2 went to the ghost. When C9 arrives, the link it has is delivered again."""
+    settings = make_database().model_copy(
+        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
+    )
+    run_batch(deliver(tmp_path / "day1", transactions=[order("T1")]), settings)
+    to_c9 = [order("T2", customer_id="C9")]
+    load_with_a_failing_hub_row(
+        settings,
+        deliver(tmp_path / "day2", customers=[customer("C9")], transactions=to_c9),
+        "customer",
+        "C9",
+    )
+    run_batch(deliver(tmp_path / "day3", transactions=[*to_c9, order("T3")]), settings)
+    current = "select customer_id from business_vault.vw_order_analytics where order_id = 'T2'"
+    assert query(settings, current) == [(None,)]
+
+    report = run_batch(
+        deliver(tmp_path / "day4", customers=[customer("C9")], transactions=[order("T4")]),
+        settings,
+    )
+
+    assert query(settings, current) == [("C9",)]
+    assert report["row_counts"]["inserted"]["sat_customer_order_effectivity"] == 1
+
+
+def test_the_links_step_reads_no_hub_so_it_never_waits_for_the_hubs_step(
+    small_database, small_data, monkeypatch
+):
+    """Hubs and links load side by side; a bulk hubs step holds its tables locked until it
+    commits. The links step, run while another session holds them, must finish rather
+    than wait (a lock wait here fails it after five seconds)."""
+    settings = small_database
+    base, next_day = small_data
+    run_batch(base, settings)
+    batch_id = start_batch(next_day, settings)
+    for source in SOURCE_NAMES:
+        load_staging(batch_id, source, settings)
+    check_staging(batch_id, settings)
+    holder = psycopg2.connect(settings.dsn)
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=5000")
+    try:
+        with holder.cursor() as cur:
+            cur.execute(
+                "lock table raw_vault.hub_customer, raw_vault.hub_product, raw_vault.hub_order"
+                " in access exclusive mode"
+            )
+        inserted = load_links(batch_id, settings)
+    finally:
+        holder.rollback()
+        holder.close()
+
+    assert inserted["link_customer_order"] > 0
+
+
 def vault_index_oids(settings) -> dict[str, set[int]]:
     """The object ids of each vault table's indexes: a rebuilt index gets a new one."""
     oids: dict[str, set[int]] = {}
