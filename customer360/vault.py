@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from customer360.quality import GHOST_KEY
+from customer360.quality import GHOST_BUSINESS_KEY
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,15 @@ def _late_links(hub: str, link: str, link_key: str, delivered: str) -> str:
     new link's key, ``{hub}_hk``, ``order_hk`` and the record source of the order's ghost
     link. Known keys are read from staging, not from the hub, which the hubs step, running
     beside the links step, may hold locked for a bulk load."""
-    link_hash = {
-        "customer": "raw_vault.hash_key(named.customer_id, named.order_id)",
-        "product": "raw_vault.hash_key(named.order_id, named.product_id)",
+    link_hash, ghost_link_hash = {
+        "customer": (
+            "raw_vault.hash_key(named.customer_id, named.order_id)",
+            f"raw_vault.hash_key('{GHOST_BUSINESS_KEY}', named.order_id)",
+        ),
+        "product": (
+            "raw_vault.hash_key(named.order_id, named.product_id)",
+            f"raw_vault.hash_key(named.order_id, '{GHOST_BUSINESS_KEY}')",
+        ),
     }[hub]
     return f"""
         with named as (
@@ -79,32 +85,34 @@ def _late_links(hub: str, link: str, link_key: str, delivered: str) -> str:
                      ghosted.line_number desc
         ),
 
+        -- The orders whose named key this batch stages and that have a link to the ghost
+        -- (a ghost-linked delivery may have named a known customer and an unknown product).
         arrived as (
-            select {link_hash} as {link_key}, stg.{hub}_hk, named.order_hk
+            select {link_hash} as {link_key}, stg.{hub}_hk, named.order_hk,
+                   ghost_link.{link_key} as ghost_link_key, ghost_link.record_source
             from named
             join staging.stg_{hub}s as stg
               on stg.batch_id = %(batch_id)s
              and stg.{hub}_hk = raw_vault.hash_key(named.{hub}_id)
+            join raw_vault.{link} as ghost_link on ghost_link.{link_key} = {ghost_link_hash}
             where named.order_hk not in (
                 select order_hk from staging.stg_transactions where batch_id = %(batch_id)s
             )
         ),
 
         current_link as (
-            select distinct on (order_hk) order_hk, {hub}_hk, {link_key}
+            select distinct on (order_hk) order_hk, {link_key}
             from business_vault.{delivered}
             where order_hk in (select order_hk from arrived)
             order by order_hk, delivered_dts desc
         )
 
-        -- The ghost link is read for its record source: the relationship comes from the
-        -- order's delivery.
-        select arrived.*, ghost_link.record_source
+        -- The new link takes the record source of the ghost link: the relationship comes
+        -- from the order's delivery.
+        select arrived.{link_key}, arrived.{hub}_hk, arrived.order_hk, arrived.record_source
         from arrived
         join current_link using (order_hk)
-        join raw_vault.{link} as ghost_link
-          on ghost_link.{link_key} = current_link.{link_key}
-        where current_link.{hub}_hk = '{GHOST_KEY}'
+        where current_link.{link_key} = arrived.ghost_link_key
     """
 
 
