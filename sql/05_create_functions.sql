@@ -71,37 +71,33 @@ begin
     for update;
     select count(*) into stored from business_vault.order_facts;
     changed := case when stored > 0 then array(
-        select order_hk from raw_vault.sat_order_details
+        select distinct order_hk from (
+            select order_hk, load_dts from raw_vault.sat_order_details
+            union all
+            select order_hk, load_dts from raw_vault.link_customer_order
+            union all
+            select order_hk, load_dts from raw_vault.link_order_product
+            union all
+            select link.order_hk, again.load_dts
+            from raw_vault.sat_customer_order_effectivity as again
+            join raw_vault.link_customer_order as link using (customer_order_hk)
+            union all
+            select link.order_hk, again.load_dts
+            from raw_vault.sat_order_product_effectivity as again
+            join raw_vault.link_order_product as link using (order_product_hk)
+            union all
+            select order_hk, load_dts from raw_vault.hub_order
+            union all
+            select link.order_hk, hub.load_dts
+            from raw_vault.hub_customer as hub
+            join raw_vault.link_customer_order as link using (customer_hk)
+            union all
+            select link.order_hk, hub.load_dts
+            from raw_vault.hub_product as hub
+            join raw_vault.link_order_product as link using (product_hk)
+        ) as touched
+        -- PostgreSQL applies this to each branch, before its join.
         where load_dts > caught_up_to and load_dts <= snapshot
-        union
-        select order_hk from raw_vault.link_customer_order
-        where load_dts > caught_up_to and load_dts <= snapshot
-        union
-        select order_hk from raw_vault.link_order_product
-        where load_dts > caught_up_to and load_dts <= snapshot
-        union
-        select link.order_hk
-        from raw_vault.sat_customer_order_effectivity as again
-        join raw_vault.link_customer_order as link using (customer_order_hk)
-        where again.load_dts > caught_up_to and again.load_dts <= snapshot
-        union
-        select link.order_hk
-        from raw_vault.sat_order_product_effectivity as again
-        join raw_vault.link_order_product as link using (order_product_hk)
-        where again.load_dts > caught_up_to and again.load_dts <= snapshot
-        union
-        select order_hk from raw_vault.hub_order
-        where load_dts > caught_up_to and load_dts <= snapshot
-        union
-        select link.order_hk
-        from raw_vault.hub_customer as hub
-        join raw_vault.link_customer_order as link using (customer_hk)
-        where hub.load_dts > caught_up_to and hub.load_dts <= snapshot
-        union
-        select link.order_hk
-        from raw_vault.hub_product as hub
-        join raw_vault.link_order_product as link using (product_hk)
-        where hub.load_dts > caught_up_to and hub.load_dts <= snapshot
     ) end;
 
     -- Rewriting a few orders costs little; when most of them changed (or the table is empty,

@@ -79,6 +79,22 @@ def small_database(make_database):
     )
 
 
+@pytest.fixture
+def any_size_database(make_database):
+    """A fresh database that takes deliveries of a single row per source."""
+    return make_database().model_copy(
+        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
+    )
+
+
+def load_twelve_orders(folder: Path, settings) -> list[str]:
+    """Load T01 to T12, enough orders that a later batch rewrites the facts of the orders it
+    changed rather than all of them; returns their ids."""
+    orders = [f"T{number:02}" for number in range(1, 13)]
+    run_batch(deliver(folder, transactions=[order(o) for o in orders]), settings)
+    return orders
+
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> tuple[Path, Path]:
     """A small day-1 data set and its next-day delivery."""
@@ -389,14 +405,12 @@ def lose_and_overwrite_orders(settings, orders: dict) -> tuple[list[str], list[s
     "refresh_first", [True, False], ids=["refresh ends first", "refresh starts after"]
 )
 def test_after_a_failed_reconciliation_the_views_show_what_the_vault_holds(
-    make_database, small_data, tmp_path, refresh_first
+    any_size_database, small_data, tmp_path, refresh_first
 ):
     """When reconciliation finds the vault holding something other than what was staged, the
     views show what the vault holds, whichever of refresh and reconciliation ran first,
     once the next batch is refreshed."""
-    settings = make_database().model_copy(
-        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
-    )
+    settings = any_size_database
     base, _ = small_data
     orders = expected_warehouse(base).orders
     batch_id = load_up_to_the_vault(base, settings)
@@ -442,18 +456,14 @@ def load_with_a_failing_hub_row(settings, data_dir: Path, hub: str, key: str) ->
 
 @pytest.mark.parametrize("hub", ["customer", "product"])
 def test_an_order_linked_to_a_hub_row_a_failed_batch_left_out_reaches_the_views_with_it(
-    make_database, tmp_path, hub
+    any_size_database, tmp_path, hub
 ):
     """Hubs, links and satellites load side by side. When the hubs fail after the links
     committed, an order moved to a new customer (or product) points at a hub row that is not
     there, and drops out of the views at the next refresh; it is back once a later batch
     brings that hub row, though no batch delivers the order again."""
-    settings = make_database().model_copy(
-        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
-    )
-    # Enough orders that a batch rewrites the facts of the orders it changed, not all.
-    first_orders = [f"T{number:02}" for number in range(1, 13)]
-    run_batch(deliver(tmp_path / "day1", transactions=[order(o) for o in first_orders]), settings)
+    settings = any_size_database
+    first_orders = load_twelve_orders(tmp_path / "day1", settings)
     new = {"customer": {"customer_id": "C2"}, "product": {"product_id": "P2"}}[hub]
     new_key = next(iter(new.values()))
     new_row = customer(new_key) if hub == "customer" else product(new_key)
@@ -482,15 +492,12 @@ def test_an_order_linked_to_a_hub_row_a_failed_batch_left_out_reaches_the_views_
 
 
 def test_an_order_whose_hub_row_a_failed_batch_left_out_reaches_the_views_when_delivered_again(
-    make_database, tmp_path
+    any_size_database, tmp_path
 ):
     """An order whose satellite and links committed while its hub row failed is out of the
     views; delivered again unchanged, it adds only its hub row, and that brings it back."""
-    settings = make_database().model_copy(
-        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
-    )
-    first_orders = [f"T{number:02}" for number in range(1, 13)]
-    run_batch(deliver(tmp_path / "day1", transactions=[order(o) for o in first_orders]), settings)
+    settings = any_size_database
+    first_orders = load_twelve_orders(tmp_path / "day1", settings)
     late = [order("T13", total="13.00")]
     load_with_a_failing_hub_row(
         settings, deliver(tmp_path / "day2", transactions=late), "order", "T13"
@@ -509,13 +516,11 @@ def test_an_order_whose_hub_row_a_failed_batch_left_out_reaches_the_views_when_d
 
 
 def test_a_late_customer_whose_link_a_failed_batch_left_takes_its_order_back(
-    make_database, tmp_path
+    any_size_database, tmp_path
 ):
     """T2's link to C9 committed while C9's hub row failed; delivered again before C9
     arrived, T2 went to the ghost. When C9 arrives, the link it has is delivered again."""
-    settings = make_database().model_copy(
-        update={"min_customers": 1, "min_products": 1, "min_transactions": 1}
-    )
+    settings = any_size_database
     run_batch(deliver(tmp_path / "day1", transactions=[order("T1")]), settings)
     to_c9 = [order("T2", customer_id="C9")]
     load_with_a_failing_hub_row(
