@@ -4,8 +4,9 @@
 ``dirty_rows.json``, a manifest naming every deliberately broken line and the reason the loader
 records for it (it quarantines the line, or loads it linked to a ghost record).
 ``generate_next_day`` reads such a set and writes the delivery of the next day: full customer
-and product snapshots with a few changes, re-delivered orders with a new status and new orders,
-plus ``changes.json`` listing exactly what changed.
+and product snapshots with a few changes, new customers, and some of the customers and products
+day-1 orders named before anybody had delivered them (arriving late); re-delivered orders with
+a new status and new orders; plus ``changes.json`` listing exactly what changed.
 
 Everything derives from the seed and a fixed reference date, never from the clock, so the same
 seed gives byte-identical files. Rows are written as they are generated, so a million
@@ -796,6 +797,37 @@ def _cents(text: str) -> int:
     return int(Decimal(text) * 100)
 
 
+def _arriving_late(
+    base: Path, manifest: dict[str, Any], seed: int, rate: float
+) -> tuple[list[str], list[str]]:
+    """Of the customers and products day-1 orders named before anybody had delivered them
+    (those orders loaded against the ghost record), the share ``rate`` that the next day's
+    snapshots bring: late-arriving customer ids, then product ids, normalised and sorted."""
+    kinds = {
+        entry["line"]: entry["kind"]
+        for entry in manifest["dirty_rows"]
+        if entry["file"] == TRANSACTIONS_FILE
+        and entry["kind"] in (UNKNOWN_CUSTOMER, UNKNOWN_PRODUCT)
+    }
+    named: dict[str, set[str]] = {UNKNOWN_CUSTOMER: set(), UNKNOWN_PRODUCT: set()}
+    last_line = max(kinds, default=0)
+    for line, row in _read_rows(base / TRANSACTIONS_FILE):
+        if line > last_line:
+            break
+        kind = kinds.get(line)
+        if kind is not None:
+            named[kind].add(normalize_key(row[1] if kind == UNKNOWN_CUSTOMER else row[2]))
+
+    def arriving(kind: str) -> list[str]:
+        return sorted(
+            key
+            for key in named[kind]
+            if _stable_fraction(seed, f"late-{kind}", int(key[1:])) < rate
+        )
+
+    return arriving(UNKNOWN_CUSTOMER), arriving(UNKNOWN_PRODUCT)
+
+
 def _write_customer_snapshot(
     base: Path,
     out: Path,
@@ -804,8 +836,10 @@ def _write_customer_snapshot(
     seed: int,
     change_rate: float,
     new_rate: float,
+    late_ids: list[str],
 ) -> tuple[list[str], list[str], list[str], int]:
-    """Day-1 customers with a few changed, then new ones; returns the ids and the row count."""
+    """Day-1 customers with a few changed, then new ones, then ``late_ids``; returns the
+    changed, new and loadable day-1 ids and the row count."""
     dirty_lines = _dirty_lines(manifest, CUSTOMERS_FILE)
     frozen_keys = _keys_with_defects(manifest, CUSTOMERS_FILE)
     factory = _CustomerFactory(rng)
@@ -847,7 +881,9 @@ def _write_customer_snapshot(
             row[8] = REFERENCE_DATE.isoformat()
             new_ids.append(row[0])
             writer.writerow(row)
-    return changed, new_ids, loadable, rows + len(new_ids)
+        for key in late_ids:
+            writer.writerow(factory.make_row(int(key[1:]), False))
+    return changed, new_ids, loadable, rows + len(new_ids) + len(late_ids)
 
 
 def _write_product_snapshot(
@@ -857,8 +893,10 @@ def _write_product_snapshot(
     rng: random.Random,
     seed: int,
     change_rate: float,
+    late_ids: list[str],
 ) -> tuple[list[str], list[tuple[str, int]], int]:
-    """Day-1 products with a few new prices; returns changed ids, (id, price) to sell, rows."""
+    """Day-1 products with a few new prices, then ``late_ids``; returns changed ids, (id,
+    price) of the day-1 products to sell, and the row count."""
     dirty_lines = _dirty_lines(manifest, PRODUCTS_FILE)
     frozen_keys = _keys_with_defects(manifest, PRODUCTS_FILE)
     changed: list[str] = []
@@ -890,7 +928,10 @@ def _write_product_snapshot(
                 changed.append(key)
             sellable.append((key, price))
             writer.writerow(row)
-    return changed, sellable, rows
+        factory = _ProductFactory(rng)
+        for key in late_ids:
+            writer.writerow(factory.make_row(int(key[1:]), False))
+    return changed, sellable, rows + len(late_ids)
 
 
 def generate_next_day(
@@ -902,13 +943,17 @@ def generate_next_day(
     product_change_rate: float = 0.03,
     order_change_rate: float = 0.02,
     new_order_rate: float = 0.05,
+    late_arrival_rate: float = 0.5,
 ) -> dict[str, Any]:
     """Write the delivery of the day after ``base_dir``'s data set into ``out_dir``.
 
     customers.csv and products.csv are full snapshots: day-1 rows in the same order (dirty rows
-    untouched) with some clean ones changed, new customers appended. transactions.csv holds
-    day-1 orders re-delivered with a new status plus new orders, all clean. ``changes.json``
-    lists changed_customer_ids, new_customer_ids, changed_product_ids, changed_order_ids and
+    untouched) with some clean ones changed, new customers appended, and then, arriving late,
+    about ``late_arrival_rate`` of the customers and products that day-1 orders named before
+    anybody had delivered them (the loader links those orders to them without the orders being
+    delivered again). transactions.csv holds day-1 orders re-delivered with a new status plus
+    new orders, all clean. ``changes.json`` lists changed_customer_ids, new_customer_ids,
+    late_customer_ids, changed_product_ids, late_product_ids, changed_order_ids and
     new_order_ids; ``dirty_rows.json`` carries the day-1 entries that are still in the files.
     Returns ``{"out_dir", "seed", "counts": {file: rows}, "changes": {list name: length}}``.
     """
@@ -918,12 +963,13 @@ def generate_next_day(
     manifest = read_manifest(base)
     _start_dataset(out)
     rng = random.Random(f"{seed}:next-day")
+    late_customers, late_products = _arriving_late(base, manifest, seed, late_arrival_rate)
 
     changed_customers, new_customers, loadable_customers, customer_rows = _write_customer_snapshot(
-        base, out, manifest, rng, seed, customer_change_rate, new_customer_rate
+        base, out, manifest, rng, seed, customer_change_rate, new_customer_rate, late_customers
     )
     changed_products, sellable, product_rows = _write_product_snapshot(
-        base, out, manifest, rng, seed, product_change_rate
+        base, out, manifest, rng, seed, product_change_rate, late_products
     )
     if not loadable_customers or not sellable:
         raise UserFacingError(f"{base} holds no clean customers or products to build on.")
@@ -988,7 +1034,9 @@ def generate_next_day(
     changes = {
         "changed_customer_ids": changed_customers,
         "new_customer_ids": new_customers,
+        "late_customer_ids": late_customers,
         "changed_product_ids": changed_products,
+        "late_product_ids": late_products,
         "changed_order_ids": changed_orders,
         "new_order_ids": new_orders,
     }

@@ -77,6 +77,8 @@ def expected_warehouse(data_dir: Path) -> ExpectedWarehouse:
         product = normalise(row["product_id"])
         expected.orders[normalise(row["transaction_id"])] = {
             **row,
+            "customer_named": customer,
+            "product_named": product,
             "customer_key": customer if customer in expected.customers else GHOST_ID,
             "product_key": product if product in expected.products else GHOST_ID,
             "total": Decimal(row["total_amount"]),
@@ -89,11 +91,23 @@ def expected_warehouse(data_dir: Path) -> ExpectedWarehouse:
 def expected_after_next_day(base: ExpectedWarehouse, next_dir: Path) -> ExpectedWarehouse:
     """The expected warehouse after loading the next-day delivery on top of ``base``."""
     day2 = expected_warehouse(next_dir)
-    return ExpectedWarehouse(
-        customers={**base.customers, **day2.customers},
-        products={**base.products, **day2.products},
-        orders={**base.orders, **day2.orders},
-    )
+    customers = {**base.customers, **day2.customers}
+    products = {**base.products, **day2.products}
+    # An order is linked to the customer and product it names once they have arrived, even
+    # when they arrive after the order (late-arriving customers and products).
+    orders = {
+        key: {
+            **order,
+            "customer_key": order["customer_named"]
+            if order["customer_named"] in customers
+            else GHOST_ID,
+            "product_key": order["product_named"]
+            if order["product_named"] in products
+            else GHOST_ID,
+        }
+        for key, order in {**base.orders, **day2.orders}.items()
+    }
+    return ExpectedWarehouse(customers=customers, products=products, orders=orders)
 
 
 def customer_metrics(expected: ExpectedWarehouse) -> dict[str, dict]:

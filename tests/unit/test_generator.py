@@ -310,12 +310,12 @@ def test_next_day_changes_match_a_diff_of_the_customer_files(day1: Path, day2: P
     changed = [norm(new[2][0]) for old, new in pairs if old[1] != new[1]]
     appended = [fields[0] for _, _, fields in after[len(before) :]]
     assert changes["changed_customer_ids"] == changed
-    assert changes["new_customer_ids"] == appended
+    # New customers, then those arriving late (see the test of late arrivals).
+    assert changes["new_customer_ids"] + changes["late_customer_ids"] == appended
+    new = appended[: len(changes["new_customer_ids"])]
     assert 0.005 * len(before) <= len(changed) <= 0.04 * len(before)
     highest = max(int(norm(f[0])[1:]) for _, _, f in before if f and f[0].strip())
-    assert [int(key[1:]) for key in appended] == list(
-        range(highest + 1, highest + 1 + len(appended))
-    )
+    assert [int(key[1:]) for key in new] == list(range(highest + 1, highest + 1 + len(new)))
     for old, new in pairs:
         if old[1] != new[1]:
             # Only city (with state and country), segment and e-mail change.
@@ -341,15 +341,41 @@ def test_next_day_products_change_price_with_proportional_cost(day1: Path, day2:
     changes = json.loads((day2 / "changes.json").read_text(encoding="utf-8"))
     before = read_lines(day1 / "products.csv")
     after = read_lines(day2 / "products.csv")
-    pairs = list(zip(before, after, strict=True))
+    pairs = list(zip(before, after[: len(before)], strict=True))
     changed = [norm(new[2][0]) for old, new in pairs if old[1] != new[1]]
     assert changes["changed_product_ids"] == changed
+    assert changes["late_product_ids"] == [fields[0] for _, _, fields in after[len(before) :]]
     assert changed
     for old, new in pairs:
         if old[1] != new[1]:
             assert old[2][:4] == new[2][:4] and old[2][4] != new[2][4]
             price, cost = Decimal(new[2][4]), Decimal(new[2][5])
             assert price * Decimal("0.4") <= cost <= price * Decimal("0.8")
+
+
+def test_next_day_brings_about_half_the_customers_and_products_orders_named_before(
+    day1: Path, day2: Path
+) -> None:
+    """Customers and products day-1 orders named though no file had them arrive late."""
+    changes = json.loads((day2 / "changes.json").read_text(encoding="utf-8"))
+    manifest = json.loads((day1 / "dirty_rows.json").read_text(encoding="utf-8"))
+    rejected = {
+        entry["line"]
+        for entry in manifest["dirty_rows"]
+        if entry["file"] == "transactions.csv"
+        and entry["kind"] not in ("unknown_customer", "unknown_product")
+    }
+    orders = [f for line, _, f in read_lines(day1 / "transactions.csv") if line not in rejected]
+    for file_name, column, listed in (
+        ("customers.csv", 1, "late_customer_ids"),
+        ("products.csv", 2, "late_product_ids"),
+    ):
+        delivered = {norm(fields[0]) for _, _, fields in read_lines(day1 / file_name) if fields}
+        named_before = {norm(fields[column]) for fields in orders} - delivered
+        arriving = {norm(fields[0]) for fields in clean_rows(day2, file_name)} - delivered
+        late = arriving & named_before
+        assert sorted(late) == changes[listed]
+        assert 0.25 * len(named_before) <= len(late) <= 0.75 * len(named_before), file_name
 
 
 def test_next_day_transactions_are_status_changes_and_new_orders(day1: Path, day2: Path) -> None:
