@@ -88,15 +88,26 @@ ConnectionDep = Annotated[AsyncConnection, Depends(get_connection, scope="functi
 # Business keys as the source files give them (C000001, P00001, T00000001, or a user's own in
 # any script), in any case and with the spaces, tabs and line breaks around them that the
 # warehouse trims (raw_vault.normalise_key): queries compare the key in that normalised form.
-# Any key the warehouse takes passes: up to MAX_KEY_LENGTH characters once trimmed, no control
-# characters. A key that is blank once trimmed fails the pattern.
+# Any key the warehouse takes passes, as delivered (up to MAX_KEY_LENGTH characters once
+# trimmed) and as stored, upper-cased, which can make one character three ('ﬃ' is 'FFI');
+# no control characters. A key that is blank once trimmed fails the pattern.
+MAX_STORED_KEY_LENGTH = 3 * MAX_KEY_LENGTH
 ID_PATTERN = (
     r"^[ \t\r\n]*[^\x00-\x20\x7f]"
-    rf"(?:[^\x00-\x1f\x7f]{{0,{MAX_KEY_LENGTH - 2}}}[^\x00-\x20\x7f])?[ \t\r\n]*$"
+    rf"(?:[^\x00-\x1f\x7f]{{0,{MAX_STORED_KEY_LENGTH - 2}}}[^\x00-\x20\x7f])?[ \t\r\n]*$"
 )
 # Free text: no control characters, which PostgreSQL text cannot hold (NUL) or mean nothing here.
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
+# What a value failing each pattern should be, for the 422 message.
+PATTERN_MEANINGS = {
+    ID_PATTERN: (
+        f"a business key: 1 to {MAX_STORED_KEY_LENGTH} characters once trimmed, without"
+        " control characters"
+    ),
+    TEXT_PATTERN: "text without control characters",
+    CURSOR_PATTERN: "the next_cursor of a page of this API",
+}
 # Deeper than this, a keyset cursor is the way to page.
 MAX_SKIP = 100_000
 
@@ -123,10 +134,13 @@ Skip = Annotated[
 Limit = Annotated[
     int, Query(ge=1, le=1000, description="Most rows to return (1-1000).", examples=[100])
 ]
+# A cursor holds a sort value and a key in base64: two stored keys at most, each at most 600
+# bytes in UTF-8 (MAX_KEY_LENGTH characters as delivered, upper-cased to at most 6 bytes each).
+MAX_CURSOR_LENGTH = 2048
 Cursor = Annotated[
     str | None,
     Query(
-        max_length=512,
+        max_length=MAX_CURSOR_LENGTH,
         pattern=CURSOR_PATTERN,
         description=(
             "`next_cursor` of the previous page: continues right after its last row, however "

@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.deps import reject_unknown_query_parameters
+from api.deps import PATTERN_MEANINGS, reject_unknown_query_parameters
 from api.metrics import MetricsMiddleware, RequestMetrics
 from api.queries import InvalidCursorError
 from api.routes import customers, health, orders, products, realtime
@@ -121,6 +121,10 @@ ERROR_RESPONSES = {
 }
 
 
+# How long the pool keeps retrying one connection to a database that does not answer.
+RECONNECT_TIMEOUT_SECONDS = 5.0
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A configured API application; the database pool opens when the app starts."""
     settings = settings or get_settings()
@@ -140,6 +144,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 " -c TimeZone=UTC",
             },
             timeout=settings.api_pool_timeout,
+            # A connection the database dropped (it restarted) is replaced before a request
+            # gets it, instead of failing that request.
+            check=AsyncConnectionPool.check_connection,
+            # While the database is down, the pool retries each connection with a doubling
+            # delay; giving up after a few seconds lets the next request start afresh, so
+            # the API recovers within seconds of the database, not minutes.
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
             open=False,
             name="c360-api",
         )
@@ -232,6 +243,15 @@ def _add_docs(app: FastAPI) -> None:
         )
 
 
+def _message(error: dict) -> str:
+    """A validation error in words: a pattern is named by what it stands for."""
+    if error["type"] == "string_pattern_mismatch":
+        meaning = PATTERN_MEANINGS.get(error.get("ctx", {}).get("pattern"))
+        if meaning:
+            return f"should be {meaning}"
+    return error["msg"]
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error leaves as JSON with a one-sentence ``detail``; never a traceback."""
 
@@ -242,7 +262,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"location": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+            {"location": ".".join(str(part) for part in error["loc"]), "message": _message(error)}
             for error in exc.errors()
         ]
         summary = "; ".join(f"{error['location']}: {error['message']}" for error in errors)

@@ -353,7 +353,11 @@ def encode_cursor(listing: Listing, sort: str, value: Any, key: str) -> str:
         value = value.isoformat()
     elif isinstance(value, Decimal | int | float):
         value = str(value)
-    payload = json.dumps([listing.name, sort, value, key], separators=(",", ":"))
+    # As UTF-8, not \u escapes: a key of 100 characters in any script stays within the
+    # cursor parameter's length.
+    payload = json.dumps(
+        [listing.name, sort, value, key], separators=(",", ":"), ensure_ascii=False
+    )
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 

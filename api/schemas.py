@@ -11,9 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CustomerSegment = Literal["Consumer", "Corporate", "Home Office", "Small Business"]
+# The statuses the loader takes (any other is quarantined); segments are free text.
 OrderStatus = Literal["completed", "shipped", "pending", "cancelled", "returned"]
-PaymentMethod = Literal["credit_card", "debit_card", "paypal", "bank_transfer", "gift_card"]
 
 
 class CustomerProfile(BaseModel):

@@ -23,6 +23,11 @@ from customer360.settings import Settings
 
 API_KEY_HEADER = "X-API-Key"
 
+# Anybody can read the default secret (and .env.example's): tokens signed with it, or with a
+# secret short enough to guess, must not open the API.
+PUBLISHED_JWT_SECRET = Settings.model_fields["jwt_secret"].default
+MIN_JWT_SECRET_BYTES = 32
+
 
 class RateLimiter:
     """A token bucket per identity: ``per_minute`` requests a minute, bursts up to that many.
@@ -62,6 +67,29 @@ def accepted_api_keys(settings: Settings) -> list[str]:
     return [key.strip() for key in settings.api_keys.split(",") if key.strip()]
 
 
+def authentication_problem(settings: Settings) -> str | None:
+    """Why the API must not start with these authentication settings, if it must not."""
+    if settings.api_auth_mode == "api_key":
+        keys = accepted_api_keys(settings)
+        if not keys:
+            return "C360_API_AUTH_MODE is api_key but C360_API_KEYS lists no key"
+        if not all(key.isascii() and key.isprintable() and " " not in key for key in keys):
+            # Clients encode other characters in a header differently, if at all.
+            return "C360_API_KEYS: each key must be printable ASCII without spaces"
+    if settings.api_auth_mode == "jwt":
+        if settings.jwt_secret == PUBLISHED_JWT_SECRET:
+            return (
+                "C360_API_AUTH_MODE is jwt but C360_JWT_SECRET is the published default;"
+                f" set a random secret of at least {MIN_JWT_SECRET_BYTES} bytes"
+            )
+        if len(settings.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            return (
+                f"C360_JWT_SECRET is {len(settings.jwt_secret.encode())} bytes long;"
+                f" jwt mode needs a random secret of at least {MIN_JWT_SECRET_BYTES}"
+            )
+    return None
+
+
 def issue_jwt(settings: Settings, subject: str, ttl_minutes: int | None = None) -> str:
     """A signed bearer token for ``subject`` that the API accepts in ``jwt`` mode."""
     now = datetime.now(UTC)
@@ -93,6 +121,8 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
     It returns the caller's identity. Which scheme it declares (and so which one Swagger UI's
     Authorize dialog offers) follows ``settings.api_auth_mode``.
     """
+    if problem := authentication_problem(settings):
+        raise ValueError(problem)
     limiter = RateLimiter(settings.api_rate_limit_per_minute)
     limit = settings.api_rate_limit_per_minute
 
@@ -151,6 +181,8 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
                 raise _unauthorized("bearer token has expired", "Bearer") from exc
             except jwt.InvalidTokenError as exc:
                 raise _unauthorized(f"invalid bearer token: {exc}", "Bearer") from exc
+            if not str(claims["sub"]).strip():
+                raise _unauthorized("invalid bearer token: its subject is empty", "Bearer")
             return charge("sub:" + str(claims["sub"]))
 
         return require_jwt

@@ -14,6 +14,7 @@ import sys
 
 import psycopg2
 import psycopg2.errors
+import pydantic
 
 from customer360.db import DatabaseUnavailableError
 from customer360.embedded_db import EmbeddedDatabaseError
@@ -68,10 +69,21 @@ def main(argv: list[str] | None = None) -> int:
         )
     except psycopg2.OperationalError as exc:
         return _print_error(_database_failure(exc))
+    except pydantic.ValidationError as exc:
+        return _print_error(_settings_failure(exc))
     except OSError as exc:
         return _print_error(_file_failure(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _settings_failure(exc: pydantic.ValidationError) -> str:
+    """A setting with a value it cannot take, named as the environment variable that sets it."""
+    problems = "; ".join(
+        f"C360_{'_'.join(map(str, error['loc'])).upper()} {error['input']!r}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return f"settings: {problems}"
 
 
 def _print_error(message: str) -> int:

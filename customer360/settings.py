@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     api_keys: str = Field(default="c360-demo-key", description="Comma-separated accepted API keys.")
     jwt_secret: str = "change-me-in-production"
     jwt_algorithm: str = "HS256"
-    api_rate_limit_per_minute: int = 6000
+    api_rate_limit_per_minute: int = Field(
+        default=6000, ge=1, description="Requests a minute each client may make, per worker."
+    )
     api_cors_origins: str = Field(default="http://localhost:3000", description="Comma-separated.")
     api_pool_min: int = 2
     api_pool_max: int = 16

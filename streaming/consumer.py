@@ -60,6 +60,9 @@ FETCH_TUNING = {
     "receive_buffer_bytes": 4 * 1024 * 1024,
 }
 
+# How the consumer's database session shows in pg_stat_activity.
+CONSUMER_APPLICATION_NAME = "c360-stream-consumer"
+
 # A dead-letter copy keeps at most this much of the record's key and of its value, so that it
 # fits the topic's record limit (1 MB by default) however large the record was: a copy the
 # broker refuses would stop the consumer at that record for good. failed_events keeps it whole.
@@ -140,7 +143,9 @@ class ClickstreamConsumer:
         self.stored: dict[PartitionKey, int | None] = {}
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickstream-writer")
         self.in_flight: Future[PendingBatch] | None = None
-        self.sink = Sink(connect(self.settings), options.group)
+        self.sink = Sink(
+            connect(self.settings, application_name=CONSUMER_APPLICATION_NAME), options.group
+        )
         self.dlq_producer = create_producer(self.settings, client_id="c360-clickstream-dlq")
         self.consumer = self._create_consumer()
 

@@ -9,6 +9,7 @@ another one (and has not noticed yet) cannot add a batch twice.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import time
@@ -211,17 +212,24 @@ class Sink:
                 return
             except psycopg2.errors.UniqueViolation as exc:
                 # Another consumer stored a first offset for the same partition meanwhile.
-                self.conn.rollback()
+                self._roll_back()
                 raise StaleOffsetsError(f"a first offset was stored concurrently: {exc}") from exc
             except RETRYABLE_ERRORS as exc:
-                self.conn.rollback()
+                self._roll_back()
                 if attempt == MAX_ATTEMPTS:
                     raise
                 log.warning("retrying batch after %s (attempt %d)", type(exc).__name__, attempt)
                 time.sleep(0.05 * attempt)
             except BaseException:
-                self.conn.rollback()
+                self._roll_back()
                 raise
+
+    def _roll_back(self) -> None:
+        """Roll back the failed batch, unless the connection is gone (the database went
+        away): the error that says so is then the one to raise, not the rollback's."""
+        if not self.conn.closed:
+            with contextlib.suppress(psycopg2.InterfaceError, psycopg2.OperationalError):
+                self.conn.rollback()
 
     def _write_batch_once(
         self,
@@ -367,6 +375,9 @@ def _product_rows(aggregates: BatchAggregates) -> io.StringIO:
 
 
 def _text_key(key: bytes | None) -> str | None:
+    """A record's key as text: bytes that are not UTF-8, and NUL, which PostgreSQL text
+    cannot hold, become U+FFFD (the payload is kept as bytes, and the dead-letter copy keeps
+    the key as sent)."""
     if key is None:
         return None
-    return key.decode("utf-8", errors="replace")
+    return key.decode("utf-8", errors="replace").replace("\x00", "\ufffd")

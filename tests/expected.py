@@ -8,7 +8,7 @@ import csv
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -222,6 +222,25 @@ def parse_day(text: str) -> date:
     return datetime.strptime(text, "%Y-%m-%d").date()
 
 
+def text(value: str | None) -> str | None:
+    """A text value as the warehouse keeps it: trimmed of spaces, tabs and line breaks, empty
+    meaning missing."""
+    if value is None:
+        return None
+    return value.strip(" \t\r\n") or None
+
+
+def full_name(customer: dict) -> str | None:
+    """Given and family name, either left out when missing (concat_ws)."""
+    return (
+        " ".join(filter(None, [text(customer["first_name"]), text(customer["last_name"])])) or None
+    )
+
+
+CUSTOMER_TEXT = ("first_name", "last_name", "email", "phone", "city", "state", "country")
+PRODUCT_TEXT = ("product_name", "category", "brand")
+
+
 # Checks of the business views against the expected warehouse, shared by the view tests.
 
 
@@ -240,9 +259,12 @@ def assert_customer_360_matches(db_cursor, expected: ExpectedWarehouse) -> None:
     assert set(profiles) == set(expected.customers)
     for key, row in expected.customers.items():
         profile, m = profiles[key], metrics[key]
-        assert profile["email"] == row["email"].strip()
-        assert profile["city"] == row["city"].strip()
-        assert profile["full_name"] == f"{row['first_name'].strip()} {row['last_name'].strip()}"
+        for column in CUSTOMER_TEXT:
+            assert profile[column] == text(row[column]), (key, column)
+        assert profile["customer_segment"] == text(row["customer_segment"]), key
+        assert profile["full_name"] == full_name(row), key
+        signup = text(row["signup_date"])
+        assert profile["signup_date"] == (parse_day(signup) if signup else None), key
         assert profile["order_count"] == m["order_count"], key
         assert profile["lifetime_value"] == m["lifetime_value"], key
         assert profile["avg_order_value"] == m["avg_order_value"], key
@@ -265,7 +287,11 @@ def assert_product_analytics_matches(db_cursor, expected: ExpectedWarehouse) -> 
 
     assert set(products) == set(expected.products)
     for key, m in metrics.items():
-        row = products[key]
+        row, delivered = products[key], expected.products[key]
+        for column in PRODUCT_TEXT:
+            assert row[column] == text(delivered[column]), (key, column)
+        assert row["unit_price"] == Decimal(delivered["unit_price"].strip()), key
+        assert row["cost"] == Decimal(delivered["cost"].strip()), key
         assert row["units_sold"] == m["units_sold"], key
         assert row["revenue"] == m["revenue"], key
         assert row["margin"] == m["margin"], key
@@ -283,13 +309,37 @@ def assert_order_analytics_matches(db_cursor, expected: ExpectedWarehouse) -> No
     assert sum((o["total_amount"] for o in orders.values()), Decimal("0")) == total
     for key, order in expected.orders.items():
         row = orders[key]
-        assert row["order_status"] == order["order_status"]
-        assert row["quantity"] == order["quantity_int"]
+        delivered_at = datetime.strptime(order["transaction_ts"].strip(), "%Y-%m-%d %H:%M:%S")
+        assert row["transaction_ts"] == delivered_at.replace(tzinfo=UTC), key
+        assert row["order_date"] == order["day"], key
+        assert row["order_status"] == text(order["order_status"]).lower(), key
+        assert row["payment_method"] == text(order["payment_method"]), key
+        assert row["quantity"] == order["quantity_int"], key
+        assert row["unit_price"] == Decimal(order["unit_price"].strip()), key
+        assert row["discount"] == Decimal(text(order["discount"]) or "0"), key
+        assert row["total_amount"] == order["total"], key
+        customer_columns = (
+            "customer_id", "customer_name", "customer_email", "customer_city",
+            "customer_country", "customer_segment",
+        )  # fmt: skip
         if order["customer_key"] == GHOST_ID:
-            assert row["customer_id"] is None
+            assert [row[column] for column in customer_columns] == [None] * 6, key
         else:
             customer = expected.customers[order["customer_key"]]
-            assert row["customer_id"] == order["customer_key"]
-            assert row["customer_email"] == customer["email"].strip()
-        if order["product_key"] != GHOST_ID:
-            assert row["category"] == expected.products[order["product_key"]]["category"]
+            assert [row[column] for column in customer_columns] == [
+                order["customer_key"],
+                full_name(customer),
+                text(customer["email"]),
+                text(customer["city"]),
+                text(customer["country"]),
+                text(customer["customer_segment"]),
+            ], key
+        product_columns = ("product_id", "product_name", "category", "brand")
+        if order["product_key"] == GHOST_ID:
+            assert [row[column] for column in product_columns] == [None] * 4, key
+        else:
+            product = expected.products[order["product_key"]]
+            assert [row[column] for column in product_columns] == [
+                order["product_key"],
+                *(text(product[column]) for column in PRODUCT_TEXT),
+            ], key

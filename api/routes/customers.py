@@ -12,7 +12,6 @@ from api.schemas import (
     CustomerDetail,
     CustomerHistory,
     CustomerPage,
-    CustomerSegment,
     ErrorMessage,
     OrderPage,
 )
@@ -37,7 +36,7 @@ async def list_customers(
     limit: Limit = 100,
     country: Annotated[str | None, text_query("Only customers in this country.", "USA")] = None,
     segment: Annotated[
-        CustomerSegment | None, Query(description="Only customers of this segment.")
+        str | None, text_query("Only customers of this segment (exact value).", "Corporate")
     ] = None,
     search: Annotated[
         str | None,

@@ -35,15 +35,15 @@ def serve_api(args: argparse.Namespace) -> int:
     """Run uvicorn on ``api.main:app`` until interrupted."""
     import uvicorn
 
-    from api.security import accepted_api_keys
+    from api.security import authentication_problem
     from api.serving import HttpProtocol
 
     settings = get_settings()
     workers = args.workers or settings.api_workers
     if workers < 1:
         raise UserFacingError("--workers must be at least 1")
-    if settings.api_auth_mode == "api_key" and not accepted_api_keys(settings):
-        raise UserFacingError("C360_API_AUTH_MODE is api_key but C360_API_KEYS lists no key")
+    if problem := authentication_problem(settings):
+        raise UserFacingError(problem)
     uvicorn.run(
         "api.main:app",
         host=args.host or settings.api_host,

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -25,6 +26,8 @@ import pytest
 from api_support import TEST_API_KEYS, TEST_JWT_SECRET, free_port, running_api
 
 from customer360 import realtime
+from customer360.embedded_db import EmbeddedServer
+from customer360.migrate import migrate
 from customer360.pipeline import run_batch
 from customer360.settings import PROJECT_ROOT, Settings
 from tests import deliveries
@@ -269,6 +272,13 @@ def test_customer_filters_match_independent_sql(client: httpx.Client, dict_curso
         page = client.get("/customers", params={**params, "limit": 1000}).json()
         assert page["total"] == len(expected_ids), params
         assert [item["customer_id"] for item in page["items"]] == expected_ids[:1000], params
+    # Segments are the files' free text: one nobody has is no error, and matches nobody.
+    nobody = query(
+        dict_cursor,
+        "select count(*) as n from business_vault.vw_customer_360 where customer_segment = 'Gold'",
+    )[0]["n"]
+    page = client.get("/customers", params={"segment": "Gold"})
+    assert page.status_code == 200 and page.json()["total"] == nobody == 0
 
 
 def test_search_treats_like_wildcards_literally(client: httpx.Client) -> None:
@@ -514,7 +524,8 @@ def test_ids_match_trimmed_and_case_insensitively(client: httpx.Client, dict_cur
 def test_a_users_own_keys_in_any_script_are_served(make_database, tmp_path: Path) -> None:
     # Keys the warehouse takes that are neither ASCII letters nor digits: each is served,
     # in the case the file gives or any other, with its one order.
-    keys = ["Łódź 7", "a@b.example", "Ωμέγα#1", "K" * 100]
+    # Upper-cased as the warehouse stores keys, 'ﬃ' is 'FFI': 60 of them are stored as 180.
+    keys = ["Łódź 7", "a@b.example", "Ωμέγα#1", "K" * 100, "客" * 100, "ﬃ" * 60]
     settings = make_database().model_copy(
         update={"min_customers": 0, "min_products": 0, "min_transactions": 0}
     )
@@ -535,15 +546,34 @@ def test_a_users_own_keys_in_any_script_are_served(make_database, tmp_path: Path
         httpx.Client(base_url=url, headers=KEY_HEADERS, timeout=30) as own_client,
     ):
         for number, key in enumerate(keys):
-            for given_id in (key, key.lower(), f" {key.swapcase()}\t"):
+            for given_id in (key, key.lower(), f" {key.swapcase()}\t", key.upper()):
                 in_path = urllib.parse.quote(given_id, safe="")
                 profile = own_client.get(f"/customers/{in_path}")
                 assert profile.status_code == 200, (given_id, profile.text)
                 assert profile.json()["customer_id"] == key.upper()
                 orders = own_client.get(f"/customers/{in_path}/orders").json()["items"]
                 assert [item["order_id"] for item in orders] == [f"T{number}"]
-        too_long = urllib.parse.quote("K" * 101)
-        assert own_client.get(f"/customers/{too_long}").status_code == 422
+        too_long = own_client.get(f"/customers/{'K' * 301}")
+        assert too_long.status_code == 422
+        assert too_long.json()["errors"] == [
+            {
+                "location": "path.customer_id",
+                "message": "should be a business key: 1 to 300 characters once trimmed,"
+                " without control characters",
+            }
+        ]
+        # Cursors carry keys in any script, however long: one customer a page, by id.
+        walked, cursor = [], None
+        while True:
+            params = {"sort": "customer_id", "limit": 1} | ({"cursor": cursor} if cursor else {})
+            page = own_client.get("/customers", params=params)
+            assert page.status_code == 200, page.text
+            walked += [item["customer_id"] for item in page.json()["items"]]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+        # The database's C collation orders by UTF-8 bytes, that is by code point.
+        assert walked == sorted(key.upper() for key in keys)
 
 
 # Products and orders -------------------------------------------------------------------------
@@ -644,7 +674,7 @@ def test_orders_of_unknown_customers_have_null_customer(client: httpx.Client, di
         ("/customers", {"limit": 1001}, "query.limit"),
         ("/customers", {"skip": -1}, "query.skip"),
         ("/customers", {"sort": "email"}, "query.sort"),
-        ("/customers", {"segment": "Gold"}, "query.segment"),
+        ("/customers", {"segment": ""}, "query.segment"),
         ("/customers", {"search": ""}, "query.search"),
         ("/customers", {"country": "x" * 256}, "query.country"),
         ("/customers", {"cursor": "not-a-cursor"}, "query.cursor"),
@@ -760,9 +790,13 @@ def test_rate_limit_answers_429_with_retry_after(
 def test_jwt_mode_accepts_only_valid_bearer_tokens(
     loaded_warehouse: Settings, tmp_path: Path
 ) -> None:
-    def token(secret: str = TEST_JWT_SECRET, expires_in: timedelta = timedelta(minutes=5)) -> str:
+    def token(
+        secret: str = TEST_JWT_SECRET,
+        expires_in: timedelta = timedelta(minutes=5),
+        subject: str = "analyst",
+    ) -> str:
         now = datetime.now(UTC)
-        claims = {"sub": "analyst", "iat": now, "exp": now + expires_in}
+        claims = {"sub": subject, "iat": now, "exp": now + expires_in}
         return jwt.encode(claims, secret, algorithm="HS256")
 
     with running_api(loaded_warehouse, tmp_path, "jwt", C360_API_AUTH_MODE="jwt") as url:
@@ -780,6 +814,8 @@ def test_jwt_mode_accepts_only_valid_bearer_tokens(
         )
         assert forged.status_code == 401
         assert get({"Authorization": "Bearer not.a.jwt"}).status_code == 401
+        # Nobody to charge the request to.
+        assert get({"Authorization": f"Bearer {token(subject=' ')}"}).status_code == 401
 
         env = {**os.environ, "C360_JWT_SECRET": TEST_JWT_SECRET, "C360_API_AUTH_MODE": "jwt"}
         printed = subprocess.run(
@@ -820,6 +856,56 @@ def test_database_outage_is_503_json_never_a_traceback(
             assert response.json() == {"detail": "the database is unavailable; retry shortly"}
         log = (tmp_path / "api-outage.log").read_text()
         assert "Traceback" not in log
+
+
+def test_the_api_recovers_by_itself_when_the_database_comes_back(
+    c360_settings: Settings, tmp_path: Path
+) -> None:
+    """A database of its own, stopped for longer than the pool's connection retries would
+    take to back off past a minute, then started again: the API answers 503 meanwhile and
+    serves again within seconds of the database, without a restart. Connections the database
+    dropped fail no request."""
+    settings = c360_settings.model_copy(
+        update={"work_dir": tmp_path / "work", "embedded_pg_port": free_port()}
+    )
+    server = EmbeddedServer(
+        pgdata=tmp_path / "work" / "postgres" / "pgdata", port=settings.embedded_pg_port
+    )
+    server.start()
+    try:
+        migrate(settings)
+        # The default wait for a connection: time for the pool to replace dropped ones.
+        overrides = {
+            "C360_API_POOL_TIMEOUT": str(Settings.model_fields["api_pool_timeout"].default)
+        }
+        with running_api(settings, tmp_path, "comes-back", **overrides) as url:
+
+            def status() -> int:
+                return httpx.get(url + "/products", headers=KEY_HEADERS, timeout=30).status_code
+
+            assert status() == 200
+            with psycopg2.connect(settings.dsn) as conn, conn.cursor() as cur:
+                cur.execute(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+                    " where application_name = 'c360-api'"
+                )
+                assert cur.fetchone()[0] > 0
+            conn.close()
+            assert [status() for _ in range(4)] == [200] * 4
+
+            server.stop()
+            # Without giving up, the retries' doubling delays would reach 32 s by now.
+            outage_ends = time.monotonic() + 40
+            while time.monotonic() < outage_ends:
+                assert status() == 503
+                time.sleep(1)
+            server.start()
+            back = time.monotonic()
+            while status() != 200:
+                assert time.monotonic() - back < 15, "the API did not serve again"
+                time.sleep(0.5)
+    finally:
+        server.stop()
 
 
 def test_a_query_cancelled_by_the_statement_timeout_is_503_saying_so(

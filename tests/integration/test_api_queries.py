@@ -65,7 +65,9 @@ def test_cursor_pages_follow_the_documented_order(
     assert walk_with_cursor(loaded_warehouse, listing, sort, limit) == expected
 
 
-def test_the_order_listing_has_ties_and_the_customer_listing_nulls(db_cursor) -> None:
+def test_the_listings_have_ties_and_the_customer_listing_nulls(
+    loaded_warehouse: Settings, db_cursor
+) -> None:
     # The walks above prove something only if the data has ties and nulls to cut through.
     db_cursor.execute(
         "select count(*) - count(distinct lifetime_value),"
@@ -74,6 +76,15 @@ def test_the_order_listing_has_ties_and_the_customer_listing_nulls(db_cursor) ->
     )
     value_ties, null_dates = db_cursor.fetchone()
     assert value_ties > 0 and null_dates > 0
+    db_cursor.execute(
+        "select count(*) - count(distinct transaction_ts) from business_vault.vw_order_analytics"
+    )
+    assert db_cursor.fetchone()[0] > 0
+    db_cursor.execute(
+        "select count(*) - count(distinct revenue), count(*) - count(distinct units_sold)"
+        " from business_vault.vw_product_analytics"
+    )
+    assert all(ties > 0 for ties in db_cursor.fetchone())
 
 
 def token(payload: list) -> str:

@@ -75,6 +75,18 @@ def test_an_unreachable_database_is_one_clear_line():
     assert_one_line_error(result, "cannot reach PostgreSQL")
 
 
+def test_a_setting_it_cannot_take_is_one_line_naming_the_variable():
+    result = c360("status", env={"C360_API_RATE_LIMIT_PER_MINUTE": "0"})
+    assert_one_line_error(
+        result, "C360_API_RATE_LIMIT_PER_MINUTE '0'", "greater than or equal to 1"
+    )
+
+
+def test_the_api_refuses_to_start_in_jwt_mode_with_the_published_secret():
+    result = c360("api", "serve", "--port", str(free_port()), env={"C360_API_AUTH_MODE": "jwt"})
+    assert_one_line_error(result, "C360_JWT_SECRET is the published default")
+
+
 def test_load_prints_progress_per_stage_and_the_report(make_database, demo_data_dir):
     settings = make_database()
     result = c360("load", "--data-dir", str(demo_data_dir), env={"C360_DATABASE_URL": settings.dsn})

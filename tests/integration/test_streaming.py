@@ -33,6 +33,7 @@ from customer360.errors import UserFacingError
 from customer360.migrate import SQL_DIR
 from customer360.settings import Settings
 from streaming.aggregate import aggregate
+from streaming.consumer import CONSUMER_APPLICATION_NAME
 from streaming.events import MAX_PRICE_CENTS, MAX_QUANTITY, ClickEvent, parse_event
 from streaming.producer import (
     Catalog,
@@ -534,14 +535,18 @@ def test_malformed_events_go_to_dlq_and_failed_events(stream: Stream, catalog: C
             {**good, "event_type": "add_to_cart", "product_id": "P1", "quantity": 1, "price": -5}
         ): "bad price",
     }
+    # Keys as failed_events stores them: text, with U+FFFD for NUL (which PostgreSQL text
+    # cannot hold) and for bytes that are not UTF-8.
+    keys = {b"abc\x00def": "abc\ufffddef", b"\xff\xfe": "\ufffd\ufffd"}
     producer = create_producer(stream.settings)
     sent_bad = {}
     for number, event in enumerate(valid):
         producer.send(stream.topic, key=event["customer_id"].encode(), value=encode_event(event))
         if number % 40 == 0 and malformed:
             raw, reason = malformed.popitem()
-            record = producer.send(stream.topic, key=b"bad", value=raw).get(timeout=30)
-            sent_bad[(record.partition, record.offset)] = (raw, reason)
+            key, stored_key = keys.popitem() if keys else (b"bad", "bad")
+            record = producer.send(stream.topic, key=key, value=raw).get(timeout=30)
+            sent_bad[(record.partition, record.offset)] = (raw, reason, stored_key)
     producer.close()
     assert not malformed and len(sent_bad) == 8
     total = len(valid) + len(sent_bad)
@@ -558,12 +563,12 @@ def test_malformed_events_go_to_dlq_and_failed_events(stream: Stream, catalog: C
     )
     assert {(row[1], row[2]) for row in failed} == set(sent_bad)
     for topic, partition, offset, payload, reason, key in failed:
-        raw, expected_reason = sent_bad[(partition, offset)]
-        assert topic == stream.topic and bytes(payload) == raw and key == "bad"
+        raw, expected_reason, stored_key = sent_bad[(partition, offset)]
+        assert topic == stream.topic and bytes(payload) == raw and key == stored_key
         assert reason.startswith(expected_reason), (reason, expected_reason)
 
     assert {source: value for source, value, _ in dead_letters(stream)} == {
-        key: raw for key, (raw, _) in sent_bad.items()
+        source: raw for source, (raw, _, _) in sent_bad.items()
     }
 
 
@@ -739,6 +744,36 @@ def test_kill_9_mid_stream_then_restart_counts_exactly(stream: Stream, catalog: 
     assert 0 < written_at_kill < len(events)
 
     second = stream.consumer("--batch-records", "500", "--batch-seconds", "0.05")
+    sender.join(timeout=WAIT_SECONDS)
+    sender.check()
+    wait_until(lambda: committed(stream) == len(events), "every record written", stream)
+    assert second.stop() == 0
+    assert_exact_totals(stream, events)
+
+
+def test_a_consumer_that_loses_its_database_says_so_and_a_restart_counts_exactly(
+    stream: Stream, catalog: Catalog
+) -> None:
+    events = stamped_sessions(catalog, 6_000, seed=23, start=datetime(2026, 3, 3, 6, tzinfo=UTC))
+    first = stream.consumer("--batch-records", "200", "--batch-seconds", "0.05")
+    wait_until(lambda: _last_assignment_size(first) == 6, "the first assignment", stream)
+    sender = send_in_background(stream, events, rate=1000)
+    wait_until(lambda: committed(stream) >= 500, "the first batches", stream, sender)
+    # The database ends the consumer's session, as a restarted server would.
+    admin = psycopg2.connect(stream.settings.dsn)
+    with admin, admin.cursor() as cur:
+        cur.execute(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+            " where application_name = %s and datname = current_database()",
+            (CONSUMER_APPLICATION_NAME,),
+        )
+        assert cur.fetchone()[0] == 1
+    admin.close()
+
+    assert first.process.wait(timeout=WAIT_SECONDS) == 1
+    assert "lost the connection to PostgreSQL" in first.output()
+    assert "Traceback" not in first.output()
+    second = stream.consumer("--batch-records", "200", "--batch-seconds", "0.05")
     sender.join(timeout=WAIT_SECONDS)
     sender.check()
     wait_until(lambda: committed(stream) == len(events), "every record written", stream)

@@ -73,3 +73,25 @@ def test_issued_jwt_carries_subject_and_expiry() -> None:
 def test_accepted_api_keys_ignore_blanks() -> None:
     settings = Settings(api_keys=" first , ,second,")
     assert security.accepted_api_keys(settings) == ["first", "second"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"api_auth_mode": "jwt"}, "C360_JWT_SECRET is the published default"),
+        ({"api_auth_mode": "jwt", "jwt_secret": "s" * 31}, "C360_JWT_SECRET is 31 bytes long"),
+        ({"api_keys": "first,clé"}, "each key must be printable ASCII without spaces"),
+        ({"api_keys": " , "}, "C360_API_KEYS lists no key"),
+    ],
+    ids=["published secret", "short secret", "non-ASCII key", "no key"],
+)
+def test_the_api_refuses_authentication_settings_anybody_could_pass(
+    overrides: dict, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        security.build_guard(Settings(**overrides))
+
+
+def test_a_secret_of_32_bytes_and_ascii_keys_are_taken() -> None:
+    assert security.build_guard(Settings(api_auth_mode="jwt", jwt_secret="s" * 32))
+    assert security.build_guard(Settings(api_keys="first,Second-key_3"))
