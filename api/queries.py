@@ -486,7 +486,7 @@ def _like_prefix(text: str) -> str:
 RECENT_METRICS = """
 select minute_start, event_type, event_count, amount, updated_at
 from public.real_time_metrics
-where minute_start >= now() - make_interval(mins => %s)
+where minute_start >= now() - make_interval(mins => %s) and minute_start <= now()
 order by minute_start desc, event_type
 """
 

@@ -83,7 +83,7 @@ def recent_metrics(conn_or_cursor: Any, minutes: int = 60) -> list[dict]:
         """
         select minute_start, event_type, event_count, amount, updated_at
         from public.real_time_metrics
-        where minute_start >= now() - make_interval(mins => %s)
+        where minute_start >= now() - make_interval(mins => %s) and minute_start <= now()
         order by minute_start desc, event_type
         """,
         (minutes,),

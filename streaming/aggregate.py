@@ -103,7 +103,9 @@ def aggregate(events: Iterable[ClickEvent]) -> BatchAggregates:
             customer.cart_cents -= event.amount_cents
         elif event_type == "purchase":
             customer.cart_cents = 0
-            customer.last_purchase_ts = event_ts
+            # The latest purchase by event time: a late one does not move it back.
+            if customer.last_purchase_ts is None or event_ts > customer.last_purchase_ts:
+                customer.last_purchase_ts = event_ts
             customer.purchased_cents += event.amount_cents
 
         if event.product_id is not None:

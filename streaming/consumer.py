@@ -23,6 +23,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import psycopg2
 from kafka import KafkaConsumer, TopicPartition
@@ -33,7 +34,13 @@ from customer360.db import DatabaseUnavailableError, connect
 from customer360.errors import UserFacingError, first_line
 from customer360.settings import Settings, get_settings
 from streaming.aggregate import aggregate
-from streaming.events import MAX_EVENT_BYTES, ClickEvent, InvalidEvent, parse_event
+from streaming.events import (
+    MAX_EVENT_BYTES,
+    ClickEvent,
+    InvalidEvent,
+    format_timestamp,
+    parse_event,
+)
 from streaming.producer import (
     BOOTSTRAP_TIMEOUT_MS,
     DLQ_PARTITIONS,
@@ -59,6 +66,10 @@ FETCH_TUNING = {
     "fetch_max_wait_ms": 100,
     "receive_buffer_bytes": 4 * 1024 * 1024,
 }
+
+# Clocks disagree a little; an event stamped later than this after its record was produced
+# goes to the dead-letter topic.
+MAX_CLOCK_SKEW_MS = 5 * 60_000
 
 # How the consumer's database session shows in pg_stat_activity.
 CONSUMER_APPLICATION_NAME = "c360-stream-consumer"
@@ -117,6 +128,12 @@ class PendingBatch:
         events = self.events
         for record in records:
             parsed = parse_event(record.value)
+            if isinstance(parsed, ClickEvent) and _from_the_future(parsed, record.timestamp):
+                parsed = InvalidEvent(
+                    f"bad timestamp: event_ts {format_timestamp(parsed.event_ts)} is more than"
+                    f" {MAX_CLOCK_SKEW_MS // 60_000} minutes after its record was produced"
+                    f" ({format_timestamp(_record_time(record.timestamp))})"
+                )
             if isinstance(parsed, InvalidEvent):
                 self.failed.append(
                     FailedRecord(
@@ -127,6 +144,19 @@ class PendingBatch:
                 events.append(parsed)
         self.records += len(records)
         self.next_offsets[partition] = records[-1].offset + 1
+
+
+def _from_the_future(event: ClickEvent, record_timestamp_ms: int | None) -> bool:
+    """Whether the event is stamped well after its record was produced (CreateTime, or the
+    broker's LogAppendTime): its clock is wrong, and counted, the event would sit in every
+    "recent" window until its time came."""
+    if record_timestamp_ms is None or record_timestamp_ms < 0:
+        return False
+    return event.event_ts.timestamp() * 1000 > record_timestamp_ms + MAX_CLOCK_SKEW_MS
+
+
+def _record_time(timestamp_ms: int) -> datetime:
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
 
 
 class ClickstreamConsumer:

@@ -125,7 +125,7 @@ on conflict (customer_id) do update set
     purchased_value = c.purchased_value + excluded.purchased_value,
     first_event_ts = least(c.first_event_ts, excluded.first_event_ts),
     last_event_ts = greatest(c.last_event_ts, excluded.last_event_ts),
-    last_purchase_ts = coalesce(excluded.last_purchase_ts, c.last_purchase_ts),
+    last_purchase_ts = greatest(c.last_purchase_ts, excluded.last_purchase_ts),
     updated_at = now()
 """
 

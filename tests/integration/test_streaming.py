@@ -34,7 +34,13 @@ from customer360.migrate import SQL_DIR
 from customer360.settings import Settings
 from streaming.aggregate import aggregate
 from streaming.consumer import CONSUMER_APPLICATION_NAME
-from streaming.events import MAX_PRICE_CENTS, MAX_QUANTITY, ClickEvent, parse_event
+from streaming.events import (
+    MAX_PRICE_CENTS,
+    MAX_QUANTITY,
+    ClickEvent,
+    format_timestamp,
+    parse_event,
+)
 from streaming.producer import (
     Catalog,
     SessionSimulator,
@@ -374,7 +380,7 @@ def expected_customers(events: list[dict]) -> dict:
         elif event["event_type"] == "purchase":
             row["cart_value"] = Decimal(0)
             row["purchased_value"] += _amount(event)
-            row["last_purchase_ts"] = ts
+            row["last_purchase_ts"] = max(filter(None, (row["last_purchase_ts"], ts)))
     return customers
 
 
@@ -523,6 +529,7 @@ def test_every_aggregate_is_exact(stream: Stream, catalog: Catalog) -> None:
 def test_malformed_events_go_to_dlq_and_failed_events(stream: Stream, catalog: Catalog) -> None:
     valid = stamped_sessions(catalog, 300, seed=11, start=datetime(2026, 3, 2, 12, tzinfo=UTC))
     good = valid[0]
+    an_hour_ahead = datetime.now(UTC) + timedelta(hours=1)
     malformed = {
         b"{not json": "bad JSON",
         b"[1, 2, 3]": "bad JSON",
@@ -534,6 +541,11 @@ def test_malformed_events_go_to_dlq_and_failed_events(stream: Stream, catalog: C
         encode_event(
             {**good, "event_type": "add_to_cart", "product_id": "P1", "quantity": 1, "price": -5}
         ): "bad price",
+        # Its record is produced now: an event an hour later comes from a clock that is wrong.
+        encode_event({**good, "event_ts": format_timestamp(an_hour_ahead)}): (
+            f"bad timestamp: event_ts {format_timestamp(an_hour_ahead)} is more than 5 minutes"
+            " after its record was produced"
+        ),
     }
     # Keys as failed_events stores them: text, with U+FFFD for NUL (which PostgreSQL text
     # cannot hold) and for bytes that are not UTF-8.
@@ -542,13 +554,13 @@ def test_malformed_events_go_to_dlq_and_failed_events(stream: Stream, catalog: C
     sent_bad = {}
     for number, event in enumerate(valid):
         producer.send(stream.topic, key=event["customer_id"].encode(), value=encode_event(event))
-        if number % 40 == 0 and malformed:
+        if number % 30 == 0 and malformed:
             raw, reason = malformed.popitem()
             key, stored_key = keys.popitem() if keys else (b"bad", "bad")
             record = producer.send(stream.topic, key=key, value=raw).get(timeout=30)
             sent_bad[(record.partition, record.offset)] = (raw, reason, stored_key)
     producer.close()
-    assert not malformed and len(sent_bad) == 8
+    assert not malformed and len(sent_bad) == 9
     total = len(valid) + len(sent_bad)
 
     consumer = stream.consumer()
@@ -848,11 +860,15 @@ def test_recent_metrics_lists_the_last_minutes_newest_first(
 ) -> None:
     now = datetime.now(UTC)
     old = stamped_sessions(catalog, 50, seed=61, start=now - timedelta(hours=3))
-    recent = stamped_sessions(catalog, 400, seed=62, start=now - timedelta(minutes=1))
-    batch = aggregate([parse_event(encode_event(event)) for event in old + recent])
+    # 400 events 0.25 s apart: the last one 20 s ago.
+    recent = stamped_sessions(catalog, 400, seed=62, start=now - timedelta(minutes=2))
+    # Stamped by a clock an hour fast: not yet in any window of the last minutes.
+    future = stamped_sessions(catalog, 20, seed=64, start=now + timedelta(hours=1))
+    events = old + recent + future
+    batch = aggregate([parse_event(encode_event(event)) for event in events])
     sink = Sink(psycopg2.connect(stream.settings.dsn), stream.group)
     try:
-        sink.write_batch(batch, [], {(stream.topic, 0): OffsetRange(None, len(old + recent))})
+        sink.write_batch(batch, [], {(stream.topic, 0): OffsetRange(None, len(events))})
     finally:
         sink.close()
     conn = psycopg2.connect(stream.settings.dsn)
@@ -860,13 +876,14 @@ def test_recent_metrics_lists_the_last_minutes_newest_first(
         rows = realtime.recent_metrics(conn, minutes=10)
     finally:
         conn.close()
-    # The events sent over the last minute or so; the ones of three hours ago are outside.
+    # The events of the last two minutes; those of three hours ago and an hour ahead are not.
     window_start = now - timedelta(minutes=10)
     wanted = {
         (minute, kind): (count, amount)
-        for (minute, kind), (count, amount) in expected_metrics(old + recent).items()
-        if minute >= window_start
+        for (minute, kind), (count, amount) in expected_metrics(events).items()
+        if window_start <= minute <= now
     }
+    assert wanted
     assert {
         (datetime.fromisoformat(row["minute_start"]), row["event_type"]): (
             row["event_count"],
@@ -876,6 +893,32 @@ def test_recent_metrics_lists_the_last_minutes_newest_first(
     } == wanted
     minutes = [row["minute_start"] for row in rows]
     assert minutes == sorted(minutes, reverse=True)
+
+
+def test_a_late_purchase_does_not_move_the_latest_purchase_back(
+    stream: Stream, catalog: Catalog
+) -> None:
+    customer, (product, price) = catalog.customer_ids[0], next(iter(catalog.product_prices.items()))
+    at = datetime(2026, 3, 7, 12, tzinfo=UTC)
+    # The purchase of noon, then, in a later batch, one stamped an hour earlier.
+    batches = [
+        [cart_event("purchase", customer, product, price, at)],
+        [cart_event("purchase", customer, product, price, at - timedelta(hours=1))],
+    ]
+    sink = Sink(psycopg2.connect(stream.settings.dsn), stream.group)
+    try:
+        for offset, events in enumerate(batches):
+            batch = aggregate([parse_event(encode_event(event)) for event in events])
+            start = None if offset == 0 else offset
+            sink.write_batch(batch, [], {(stream.topic, 0): OffsetRange(start, offset + 1)})
+    finally:
+        sink.close()
+    ((latest, purchases),) = query(
+        stream.settings,
+        "select last_purchase_ts, purchases from public.customer_activity where customer_id = %s",
+        (customer,),
+    )
+    assert (latest, purchases) == (at, 2)
 
 
 def test_customer_activity_finds_the_customer_however_the_id_is_written(

@@ -98,6 +98,16 @@ def test_the_cart_adds_and_removes_and_a_purchase_empties_it() -> None:
     assert totals.purchased_cents == 1000
 
 
+def test_a_late_purchase_does_not_move_the_latest_purchase_back() -> None:
+    result = aggregate(
+        [
+            click("purchase", 5, product="P1", quantity=1, cents=100),
+            click("purchase", 2, product="P1", quantity=1, cents=100),
+        ]
+    )
+    assert result.customers["C1"].last_purchase_ts == T0 + timedelta(seconds=5)
+
+
 def test_customers_are_kept_apart() -> None:
     result = aggregate(
         [
