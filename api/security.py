@@ -26,6 +26,10 @@ API_KEY_HEADER = "X-API-Key"
 # Anybody can read the default secret (and .env.example's): tokens signed with it, or with a
 # secret short enough to guess, must not open the API.
 PUBLISHED_JWT_SECRET = Settings.model_fields["jwt_secret"].default
+
+# Failed authentications one client address may make a minute: plenty for a typo or a key
+# being rotated, far too few to guess a key or a secret.
+FAILED_AUTHENTICATIONS_PER_MINUTE = 30
 MIN_JWT_SECRET_BYTES = 32
 
 
@@ -125,12 +129,25 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
         raise ValueError(problem)
     limiter = RateLimiter(settings.api_rate_limit_per_minute)
     limit = settings.api_rate_limit_per_minute
+    failures = RateLimiter(FAILED_AUTHENTICATIONS_PER_MINUTE)
 
     def charge(identity: str) -> str:
         wait = limiter.acquire(identity)
         if wait > 0:
             raise _rate_limited(wait, limit)
         return identity
+
+    def refusal(request: Request, message: str, scheme: str) -> HTTPException:
+        """A 401, charged to the client's address; past the failures it may make, a 429."""
+        wait = failures.acquire("ip:" + (request.client.host if request.client else "unknown"))
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            return HTTPException(
+                status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+                detail=f"too many failed authentications from this address; retry in {seconds} s",
+                headers={"Retry-After": str(seconds)},
+            )
+        return _unauthorized(message, scheme)
 
     if settings.api_auth_mode == "api_key":
         keys = [key.encode() for key in accepted_api_keys(settings)]
@@ -140,10 +157,12 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
             description="An API key from C360_API_KEYS; `c360 api token` prints one.",
         )
 
-        async def require_api_key(api_key: Annotated[str | None, Depends(api_key_header)]) -> str:
+        async def require_api_key(
+            request: Request, api_key: Annotated[str | None, Depends(api_key_header)]
+        ) -> str:
             if not api_key:
-                raise _unauthorized(
-                    f"missing API key: send it in the {API_KEY_HEADER} header", "ApiKey"
+                raise refusal(
+                    request, f"missing API key: send it in the {API_KEY_HEADER} header", "ApiKey"
                 )
             candidate = api_key.encode("utf-8", "surrogateescape")
             # Compare against every key so the time taken does not tell which one nearly matched.
@@ -151,7 +170,7 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
             for key in keys:
                 matched |= hmac.compare_digest(candidate, key)
             if not matched:
-                raise _unauthorized("invalid API key", "ApiKey")
+                raise refusal(request, "invalid API key", "ApiKey")
             return charge("key:" + api_key)
 
         return require_api_key
@@ -164,11 +183,12 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
         )
 
         async def require_jwt(
+            request: Request,
             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         ) -> str:
             if credentials is None:
-                raise _unauthorized(
-                    "missing bearer token: send Authorization: Bearer <JWT>", "Bearer"
+                raise refusal(
+                    request, "missing bearer token: send Authorization: Bearer <JWT>", "Bearer"
                 )
             try:
                 claims = jwt.decode(
@@ -178,11 +198,11 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
                     options={"require": ["exp", "sub"]},
                 )
             except jwt.ExpiredSignatureError as exc:
-                raise _unauthorized("bearer token has expired", "Bearer") from exc
+                raise refusal(request, "bearer token has expired", "Bearer") from exc
             except jwt.InvalidTokenError as exc:
-                raise _unauthorized(f"invalid bearer token: {exc}", "Bearer") from exc
+                raise refusal(request, f"invalid bearer token: {exc}", "Bearer") from exc
             if not str(claims["sub"]).strip():
-                raise _unauthorized("invalid bearer token: its subject is empty", "Bearer")
+                raise refusal(request, "invalid bearer token: its subject is empty", "Bearer")
             return charge("sub:" + str(claims["sub"]))
 
         return require_jwt

@@ -25,6 +25,7 @@ import psycopg2.extras
 import pytest
 from api_support import TEST_API_KEYS, TEST_JWT_SECRET, free_port, running_api
 
+from api.security import FAILED_AUTHENTICATIONS_PER_MINUTE
 from customer360 import realtime
 from customer360.embedded_db import EmbeddedServer
 from customer360.migrate import migrate
@@ -785,6 +786,24 @@ def test_rate_limit_answers_429_with_retry_after(
         assert httpx.get(url + "/products", headers=other_key).status_code == 200
         # Probes are not limited.
         assert all(httpx.get(url + "/health").status_code == 200 for _ in range(10))
+
+
+def test_failed_authentications_are_limited_per_address(
+    loaded_warehouse: Settings, tmp_path: Path
+) -> None:
+    with running_api(loaded_warehouse, tmp_path, "guessing") as url:
+        guesses = [
+            httpx.get(url + "/products", headers={"X-API-Key": f"guess-{number}"})
+            for number in range(FAILED_AUTHENTICATIONS_PER_MINUTE + 1)
+        ]
+        assert [guess.status_code for guess in guesses] == [401] * (
+            FAILED_AUTHENTICATIONS_PER_MINUTE
+        ) + [429]
+        # One failure every 2 s refills the allowance; it has just been used up.
+        assert 1 <= int(guesses[-1].headers["retry-after"]) <= 2
+        assert "too many failed authentications" in guesses[-1].json()["detail"]
+        # Requests with a key the API accepts are not held back by the failures.
+        assert httpx.get(url + "/products", headers=KEY_HEADERS).status_code == 200
 
 
 def test_jwt_mode_accepts_only_valid_bearer_tokens(
