@@ -754,8 +754,15 @@ def test_kill_9_mid_stream_then_restart_counts_exactly(stream: Stream, catalog: 
     first.kill()
     written_at_kill = committed(stream)
     assert 0 < written_at_kill < len(events)
+    restart_and_count_exactly(stream, sender, events, "--batch-records", "500")
 
-    second = stream.consumer("--batch-records", "500", "--batch-seconds", "0.05")
+
+def restart_and_count_exactly(
+    stream: Stream, sender: BackgroundSender, events: list[dict], *options: str
+) -> None:
+    """A new consumer resumes from the offsets stored before the first one stopped: once the
+    sender is done, every event has counted once."""
+    second = stream.consumer(*options, "--batch-seconds", "0.05")
     sender.join(timeout=WAIT_SECONDS)
     sender.check()
     wait_until(lambda: committed(stream) == len(events), "every record written", stream)
@@ -785,12 +792,7 @@ def test_a_consumer_that_loses_its_database_says_so_and_a_restart_counts_exactly
     assert first.process.wait(timeout=WAIT_SECONDS) == 1
     assert "lost the connection to PostgreSQL" in first.output()
     assert "Traceback" not in first.output()
-    second = stream.consumer("--batch-records", "200", "--batch-seconds", "0.05")
-    sender.join(timeout=WAIT_SECONDS)
-    sender.check()
-    wait_until(lambda: committed(stream) == len(events), "every record written", stream)
-    assert second.stop() == 0
-    assert_exact_totals(stream, events)
+    restart_and_count_exactly(stream, sender, events, "--batch-records", "200")
 
 
 def test_two_consumers_in_one_group_count_exactly(stream: Stream, catalog: Catalog) -> None:
