@@ -3,7 +3,8 @@
 No Docker engine runs here, so the stack is checked the way the engine would read it: the compose
 file is parsed and interpolated with .env.example, the Dockerfiles are parsed instruction by
 instruction, and each entry point is imported from a copy of exactly the files its image COPYs.
-Where a `docker compose` binary exists, `docker compose config` must accept the file as well.
+The file must also load as `docker compose config` loads it: with the docker client's compose
+plugin, or else with compose-check, the same compose-go loader (built by `make test` with Go).
 """
 
 from __future__ import annotations
@@ -755,20 +756,36 @@ def test_compose_refuses_to_start_without_the_required_settings():
         load_compose({k: v for k, v in env_example().items() if k != "POSTGRES_PASSWORD"})
 
 
-def test_docker_compose_config_accepts_the_file():
+def compose_config(compose_file: Path) -> subprocess.CompletedProcess | None:
+    """Load ``compose_file`` with .env.example as `docker compose config` does: with the
+    docker client's compose plugin, or else with compose-check, the same compose-go loader
+    built by `make test` (scripts/compose-check); None when neither is at hand."""
     docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("no docker client on this machine")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip("the docker client has no compose plugin: " + probe.stderr.strip()[:200])
-    result = subprocess.run(
-        [docker, "compose", "--env-file", str(ENV_EXAMPLE), "config", "--quiet"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
+    plugin = docker and subprocess.run([docker, "compose", "version"], capture_output=True)
+    if plugin and plugin.returncode == 0:
+        command = [docker, "compose", "--env-file", str(ENV_EXAMPLE), "-f", str(compose_file)]
+        command += ["config", "--quiet"]
+    elif (checker := PROJECT_ROOT / ".venv" / "bin" / "compose-check").exists():
+        command = [str(checker), str(ENV_EXAMPLE), str(compose_file)]
+    else:
+        return None
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
+
+
+def test_the_compose_specification_accepts_the_file_and_refuses_a_broken_one(tmp_path):
+    accepted = compose_config(COMPOSE_FILE)
+    if accepted is None:
+        pytest.skip("neither a docker compose plugin nor compose-check (needs Go) is installed")
+    assert accepted.returncode == 0, accepted.stderr
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(
+        COMPOSE_FILE.read_text(encoding="utf-8").replace(
+            "\n  api:\n", "\n  api:\n    bogus_key: 1\n", 1
+        ),
+        encoding="utf-8",
     )
-    assert result.returncode == 0, result.stderr
+    refused = compose_config(broken)
+    assert refused.returncode != 0 and "bogus_key" in refused.stderr
 
 
 # --- the consumer's health check ------------------------------------------------------------
