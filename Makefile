@@ -8,6 +8,11 @@ UV_VERSION := 0.13.8
 
 .PHONY: install system-deps compose-check demo test lint format stop clean
 
+# The suite's temporary files, one folder per checkout: pytest's default folder is shared by
+# every run on the machine, and each run prunes the older ones, data of a running suite's
+# PostgreSQL servers included.
+PYTEST_BASETEMP ?= /tmp/c360-pytest-$(shell printf '%s' "$(CURDIR)" | md5sum | cut -c1-8)
+
 # Go, for compose-check: on PATH, or where the official tarball installs it.
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
@@ -42,7 +47,7 @@ demo: install
 # Test command: the whole suite against real PostgreSQL, Kafka, Airflow and Chromium.
 # pytest exits 5 when it collected no tests; that is a failure here, not a pass.
 test: install system-deps compose-check
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest --basetemp="$(PYTEST_BASETEMP)" $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; \
 	exit $$status
 
