@@ -34,10 +34,11 @@ system-deps: install
 # compose-go loader (scripts/compose-check), built from the Go proxy's modules. Without Go,
 # the test that uses it is skipped and says why.
 compose-check: $(BIN)/python
-	@if [ -x "$(GO)" ]; then \
-		cd scripts/compose-check && "$(GO)" build -o "$(CURDIR)/$(BIN)/compose-check" .; \
-	else \
+	@rm -f "$(BIN)/compose-check"; \
+	if [ ! -x "$(GO)" ]; then \
 		echo "no Go toolchain: docker-compose.yml is not loaded with compose-go" >&2; \
+	elif ! (cd scripts/compose-check && "$(GO)" build -o "$(CURDIR)/$(BIN)/compose-check" .); then \
+		echo "compose-check did not build (see above): docker-compose.yml is not loaded with compose-go" >&2; \
 	fi
 
 # Main command: set everything up and run the platform (database, load, API, Airflow, stream).

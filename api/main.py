@@ -131,8 +131,10 @@ async def _fail_if_closed_by_server(conn: psycopg.AsyncConnection) -> None:
     would cost every request a tenth of its throughput): the server writes to an idle
     connection only to end it (shutdown, restart, pg_terminate_backend), so anything to read,
     or the end of the stream, means it is gone."""
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    # poll(), not select(): select() refuses descriptors from 1024 up.
+    probe = select.poll()
+    probe.register(conn.fileno(), select.POLLIN)
+    if probe.poll(0):
         # Closed here, the pool discards it and opens another (it keeps a connection whose
         # client side still looks idle).
         await conn.close()

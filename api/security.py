@@ -60,6 +60,14 @@ class RateLimiter:
         self._buckets[identity] = (tokens, now)
         return (1.0 - tokens) / self.refill_per_second
 
+    def wait(self, identity: str) -> float:
+        """Seconds until the identity's bucket holds a request again; 0 if it does now."""
+        if identity not in self._buckets:
+            return 0.0
+        tokens, last = self._buckets[identity]
+        tokens = min(self.capacity, tokens + (time.monotonic() - last) * self.refill_per_second)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.refill_per_second
+
     def _forget_full_buckets(self, now: float) -> None:
         for identity, (tokens, last) in list(self._buckets.items()):
             if tokens + (now - last) * self.refill_per_second >= self.capacity:
@@ -137,17 +145,28 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
             raise _rate_limited(wait, limit)
         return identity
 
+    def address(request: Request) -> str:
+        return "ip:" + (request.client.host if request.client else "unknown")
+
+    def too_many_failures(wait: float) -> HTTPException:
+        seconds = max(1, math.ceil(wait))
+        return HTTPException(
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many failed authentications from this address; retry in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
+
+    def refuse_while_failing(request: Request) -> None:
+        """An address that has used up its failures gets a 429 before its credential is even
+        looked at: a guess that happens to be right must not tell itself apart."""
+        wait = failures.wait(address(request))
+        if wait > 0:
+            raise too_many_failures(wait)
+
     def refusal(request: Request, message: str, scheme: str) -> HTTPException:
         """A 401, charged to the client's address; past the failures it may make, a 429."""
-        wait = failures.acquire("ip:" + (request.client.host if request.client else "unknown"))
-        if wait > 0:
-            seconds = max(1, math.ceil(wait))
-            return HTTPException(
-                status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-                detail=f"too many failed authentications from this address; retry in {seconds} s",
-                headers={"Retry-After": str(seconds)},
-            )
-        return _unauthorized(message, scheme)
+        wait = failures.acquire(address(request))
+        return too_many_failures(wait) if wait > 0 else _unauthorized(message, scheme)
 
     if settings.api_auth_mode == "api_key":
         keys = [key.encode() for key in accepted_api_keys(settings)]
@@ -160,6 +179,7 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
         async def require_api_key(
             request: Request, api_key: Annotated[str | None, Depends(api_key_header)]
         ) -> str:
+            refuse_while_failing(request)
             if not api_key:
                 raise refusal(
                     request, f"missing API key: send it in the {API_KEY_HEADER} header", "ApiKey"
@@ -186,6 +206,7 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
             request: Request,
             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         ) -> str:
+            refuse_while_failing(request)
             if credentials is None:
                 raise refusal(
                     request, "missing bearer token: send Authorization: Bearer <JWT>", "Bearer"

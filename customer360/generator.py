@@ -547,7 +547,8 @@ class _TransactionFactory:
         self.statuses = _weighted_table(STATUS_WEIGHTS)
         self.days = _day_texts()
         self.times = _time_texts()
-        # Ids that exist nowhere, beyond any id this data set or its next day uses.
+        # Ids nobody delivers, beyond any id this data set or its next day's new customers
+        # use (the next day brings some of them: see _arriving_late).
         self.unknown_customer_base = max(990_000, 2 * customer_count + 1_000)
         self.unknown_product_base = max(99_000, 2 * product_count + 1_000)
 
@@ -799,33 +800,40 @@ def _cents(text: str) -> int:
 
 def _arriving_late(
     base: Path, manifest: dict[str, Any], seed: int, rate: float
-) -> tuple[list[str], list[str]]:
+) -> tuple[dict[str, str], dict[str, int]]:
     """Of the customers and products day-1 orders named before anybody had delivered them
     (those orders loaded against the ghost record), the share ``rate`` that the next day's
-    snapshots bring: late-arriving customer ids, then product ids, normalised and sorted."""
+    snapshots bring, by normalised id in sorted order: each customer with the day of its
+    earliest order (its signup day can be no later), each product with the lowest price its
+    orders paid (its price, so that its cost stays below what every order paid)."""
     kinds = {
         entry["line"]: entry["kind"]
         for entry in manifest["dirty_rows"]
         if entry["file"] == TRANSACTIONS_FILE
         and entry["kind"] in (UNKNOWN_CUSTOMER, UNKNOWN_PRODUCT)
     }
-    named: dict[str, set[str]] = {UNKNOWN_CUSTOMER: set(), UNKNOWN_PRODUCT: set()}
+    first_order_day: dict[str, str] = {}
+    lowest_price: dict[str, int] = {}
     last_line = max(kinds, default=0)
     for line, row in _read_rows(base / TRANSACTIONS_FILE):
         if line > last_line:
             break
         kind = kinds.get(line)
-        if kind is not None:
-            named[kind].add(normalize_key(row[1] if kind == UNKNOWN_CUSTOMER else row[2]))
+        if kind == UNKNOWN_CUSTOMER:
+            key, day = normalize_key(row[1]), row[7][:10]
+            first_order_day[key] = min(day, first_order_day.get(key, day))
+        elif kind == UNKNOWN_PRODUCT:
+            key, price = normalize_key(row[2]), _cents(row[4])
+            lowest_price[key] = min(price, lowest_price.get(key, price))
 
-    def arriving(kind: str) -> list[str]:
-        return sorted(
-            key
-            for key in named[kind]
+    def arriving(named: dict, kind: str) -> dict:
+        return {
+            key: named[key]
+            for key in sorted(named)
             if _stable_fraction(seed, f"late-{kind}", int(key[1:])) < rate
-        )
+        }
 
-    return arriving(UNKNOWN_CUSTOMER), arriving(UNKNOWN_PRODUCT)
+    return arriving(first_order_day, UNKNOWN_CUSTOMER), arriving(lowest_price, UNKNOWN_PRODUCT)
 
 
 def _write_customer_snapshot(
@@ -836,10 +844,11 @@ def _write_customer_snapshot(
     seed: int,
     change_rate: float,
     new_rate: float,
-    late_ids: list[str],
+    late: dict[str, str],
 ) -> tuple[list[str], list[str], list[str], int]:
-    """Day-1 customers with a few changed, then new ones, then ``late_ids``; returns the
-    changed, new and loadable day-1 ids and the row count."""
+    """Day-1 customers with a few changed, then new ones, then the ``late`` ones (id -> day
+    of their first order, their signup day); returns the changed, new and loadable day-1 ids
+    and the row count."""
     dirty_lines = _dirty_lines(manifest, CUSTOMERS_FILE)
     frozen_keys = _keys_with_defects(manifest, CUSTOMERS_FILE)
     factory = _CustomerFactory(rng)
@@ -881,9 +890,11 @@ def _write_customer_snapshot(
             row[8] = REFERENCE_DATE.isoformat()
             new_ids.append(row[0])
             writer.writerow(row)
-        for key in late_ids:
-            writer.writerow(factory.make_row(int(key[1:]), False))
-    return changed, new_ids, loadable, rows + len(new_ids) + len(late_ids)
+        for key, first_order_day in late.items():
+            row = factory.make_row(int(key[1:]), False)
+            row[8] = first_order_day
+            writer.writerow(row)
+    return changed, new_ids, loadable, rows + len(new_ids) + len(late)
 
 
 def _write_product_snapshot(
@@ -893,10 +904,11 @@ def _write_product_snapshot(
     rng: random.Random,
     seed: int,
     change_rate: float,
-    late_ids: list[str],
+    late: dict[str, int],
 ) -> tuple[list[str], list[tuple[str, int]], int]:
-    """Day-1 products with a few new prices, then ``late_ids``; returns changed ids, (id,
-    price) of the day-1 products to sell, and the row count."""
+    """Day-1 products with a few new prices, then the ``late`` ones (id -> price in cents,
+    cost 40–80 % of it); returns changed ids, (id, price) of the day-1 products to sell, and
+    the row count."""
     dirty_lines = _dirty_lines(manifest, PRODUCTS_FILE)
     frozen_keys = _keys_with_defects(manifest, PRODUCTS_FILE)
     changed: list[str] = []
@@ -929,9 +941,12 @@ def _write_product_snapshot(
             sellable.append((key, price))
             writer.writerow(row)
         factory = _ProductFactory(rng)
-        for key in late_ids:
-            writer.writerow(factory.make_row(int(key[1:]), False))
-    return changed, sellable, rows + len(late_ids)
+        for key, price in late.items():
+            row = factory.make_row(int(key[1:]), False)
+            cost = rng.randint(-(-2 * price // 5), 4 * price // 5)
+            row[4], row[5] = _money(price), _money(cost)
+            writer.writerow(row)
+    return changed, sellable, rows + len(late)
 
 
 def generate_next_day(
@@ -1034,9 +1049,9 @@ def generate_next_day(
     changes = {
         "changed_customer_ids": changed_customers,
         "new_customer_ids": new_customers,
-        "late_customer_ids": late_customers,
+        "late_customer_ids": list(late_customers),
         "changed_product_ids": changed_products,
-        "late_product_ids": late_products,
+        "late_product_ids": list(late_products),
         "changed_order_ids": changed_orders,
         "new_order_ids": new_orders,
     }

@@ -802,7 +802,10 @@ def test_failed_authentications_are_limited_per_address(
         # One failure every 2 s refills the allowance; it has just been used up.
         assert 1 <= int(guesses[-1].headers["retry-after"]) <= 2
         assert "too many failed authentications" in guesses[-1].json()["detail"]
-        # Requests with a key the API accepts are not held back by the failures.
+        # Meanwhile the address is refused whatever it sends: a right guess looks like a wrong one.
+        assert httpx.get(url + "/products", headers=KEY_HEADERS).status_code == 429
+        # Once its allowance refills (a failure every 2 s), it is served again.
+        time.sleep(int(guesses[-1].headers["retry-after"]))
         assert httpx.get(url + "/products", headers=KEY_HEADERS).status_code == 200
 
 

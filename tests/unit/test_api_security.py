@@ -37,6 +37,18 @@ def test_bucket_allows_the_per_minute_burst_then_asks_to_wait(clock: FakeClock) 
     assert limiter.acquire("key:a") == 0.0
 
 
+def test_wait_tells_how_long_without_taking_a_request(clock: FakeClock) -> None:
+    limiter = security.RateLimiter(per_minute=60)
+    assert limiter.wait("key:a") == 0.0
+    for _ in range(60):
+        limiter.acquire("key:a")
+    assert limiter.wait("key:a") == pytest.approx(1.0)
+    assert limiter.wait("key:a") == pytest.approx(1.0)  # asking took nothing
+    clock.now += 1.0
+    assert limiter.wait("key:a") == 0.0
+    assert limiter.acquire("key:a") == 0.0
+
+
 def test_buckets_are_per_identity(clock: FakeClock) -> None:
     limiter = security.RateLimiter(per_minute=2)
     assert limiter.acquire("key:a") == 0.0
