@@ -26,11 +26,11 @@ API_KEY_HEADER = "X-API-Key"
 # Anybody can read the default secret (and .env.example's): tokens signed with it, or with a
 # secret short enough to guess, must not open the API.
 PUBLISHED_JWT_SECRET = Settings.model_fields["jwt_secret"].default
+MIN_JWT_SECRET_BYTES = 32
 
 # Failed authentications one client address may make a minute: plenty for a typo or a key
 # being rotated, far too few to guess a key or a secret.
 FAILED_AUTHENTICATIONS_PER_MINUTE = 30
-MIN_JWT_SECRET_BYTES = 32
 
 
 class RateLimiter:
@@ -46,11 +46,15 @@ class RateLimiter:
         self.max_identities = max_identities
         self._buckets: dict[str, tuple[float, float]] = {}
 
+    def _tokens(self, identity: str, now: float) -> float:
+        """What the identity's bucket holds now (a new identity's is full)."""
+        tokens, last = self._buckets.get(identity, (self.capacity, now))
+        return min(self.capacity, tokens + (now - last) * self.refill_per_second)
+
     def acquire(self, identity: str) -> float:
         """Take one request from the identity's bucket; 0 if allowed, else seconds to wait."""
         now = time.monotonic()
-        tokens, last = self._buckets.get(identity, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.refill_per_second)
+        tokens = self._tokens(identity, now)
         if tokens >= 1.0:
             if len(self._buckets) >= self.max_identities and identity not in self._buckets:
                 # Full buckets are the default state, so forgetting them loses nothing.
@@ -61,11 +65,9 @@ class RateLimiter:
         return (1.0 - tokens) / self.refill_per_second
 
     def wait(self, identity: str) -> float:
-        """Seconds until the identity's bucket holds a request again; 0 if it does now."""
-        if identity not in self._buckets:
-            return 0.0
-        tokens, last = self._buckets[identity]
-        tokens = min(self.capacity, tokens + (time.monotonic() - last) * self.refill_per_second)
+        """Seconds until the identity's bucket holds a request again, taking nothing; 0 if
+        it does now."""
+        tokens = self._tokens(identity, time.monotonic())
         return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.refill_per_second
 
     def _forget_full_buckets(self, now: float) -> None:
