@@ -28,10 +28,6 @@ API_KEY_HEADER = "X-API-Key"
 PUBLISHED_JWT_SECRET = Settings.model_fields["jwt_secret"].default
 MIN_JWT_SECRET_BYTES = 32
 
-# Failed authentications one client address may make a minute: plenty for a typo or a key
-# being rotated, far too few to guess a key or a secret.
-FAILED_AUTHENTICATIONS_PER_MINUTE = 30
-
 
 class RateLimiter:
     """A token bucket per identity: ``per_minute`` requests a minute, bursts up to that many.
@@ -139,7 +135,7 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
         raise ValueError(problem)
     limiter = RateLimiter(settings.api_rate_limit_per_minute)
     limit = settings.api_rate_limit_per_minute
-    failures = RateLimiter(FAILED_AUTHENTICATIONS_PER_MINUTE)
+    failures = RateLimiter(settings.api_failed_auth_per_minute)
 
     def charge(identity: str) -> str:
         wait = limiter.acquire(identity)

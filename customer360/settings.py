@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     api_rate_limit_per_minute: int = Field(
         default=6000, ge=1, description="Requests a minute each client may make, per worker."
     )
+    # Plenty for a typo or a key being rotated, far too few to guess a key or a secret.
+    api_failed_auth_per_minute: int = Field(
+        default=30,
+        ge=1,
+        description="Failed authentications a minute one client address may make, per worker.",
+    )
     api_cors_origins: str = Field(default="http://localhost:3000", description="Comma-separated.")
     api_pool_min: int = 2
     api_pool_max: int = 16

@@ -41,6 +41,8 @@ def running_api(settings: Settings, log_dir: Path, name: str, **overrides: str) 
         "C360_API_KEYS": ",".join(TEST_API_KEYS),
         "C360_JWT_SECRET": TEST_JWT_SECRET,
         "C360_API_RATE_LIMIT_PER_MINUTE": "1000000",
+        # Schemathesis tries every operation with bad credentials.
+        "C360_API_FAILED_AUTH_PER_MINUTE": "1000000",
         "C360_API_CORS_ORIGINS": "http://allowed.example",
         "C360_API_POOL_TIMEOUT": "2",
     }

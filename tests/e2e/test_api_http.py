@@ -25,7 +25,6 @@ import psycopg2.extras
 import pytest
 from api_support import TEST_API_KEYS, TEST_JWT_SECRET, free_port, running_api
 
-from api.security import FAILED_AUTHENTICATIONS_PER_MINUTE
 from customer360 import realtime
 from customer360.embedded_db import EmbeddedServer
 from customer360.migrate import migrate
@@ -791,15 +790,15 @@ def test_rate_limit_answers_429_with_retry_after(
 def test_failed_authentications_are_limited_per_address(
     loaded_warehouse: Settings, tmp_path: Path
 ) -> None:
-    with running_api(loaded_warehouse, tmp_path, "guessing") as url:
+    allowance = Settings.model_fields["api_failed_auth_per_minute"].default
+    overrides = {"C360_API_FAILED_AUTH_PER_MINUTE": str(allowance)}
+    with running_api(loaded_warehouse, tmp_path, "guessing", **overrides) as url:
         guesses = [
             httpx.get(url + "/products", headers={"X-API-Key": f"guess-{number}"})
-            for number in range(FAILED_AUTHENTICATIONS_PER_MINUTE + 1)
+            for number in range(allowance + 1)
         ]
-        assert [guess.status_code for guess in guesses] == [401] * (
-            FAILED_AUTHENTICATIONS_PER_MINUTE
-        ) + [429]
-        # One failure every 2 s refills the allowance; it has just been used up.
+        assert [guess.status_code for guess in guesses] == [401] * allowance + [429]
+        # 30 a minute is one every 2 s; the allowance has just been used up.
         assert 1 <= int(guesses[-1].headers["retry-after"]) <= 2
         assert "too many failed authentications" in guesses[-1].json()["detail"]
         # Meanwhile the address is refused whatever it sends: a right guess looks like a wrong one.
