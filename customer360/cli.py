@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    sys.excepthook = _quiet_about_a_copy_the_server_ended
     try:
         return args.handler(args) or 0
     except EXPECTED_FAILURES as exc:
@@ -75,6 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         return _print_error(_file_failure(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _quiet_about_a_copy_the_server_ended(exc_type, exc, traceback) -> None:
+    """psycopg2 prints (through this hook) the error of a COPY whose session the server ended
+    while it asked for the next chunk, then raises it to the command, which reports it in one
+    line: that print is only logged."""
+    if isinstance(exc, SystemError) and isinstance(exc.__cause__, psycopg2.OperationalError):
+        logging.getLogger(__name__).debug("COPY ended by the server: %s", exc.__cause__)
+        return
+    sys.__excepthook__(exc_type, exc, traceback)
 
 
 def _settings_failure(exc: pydantic.ValidationError) -> str:
