@@ -23,6 +23,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.errors import UndefinedTable
 
+from customer360.realtime import RECENT_METRICS
+
 CUSTOMER_COLUMNS = (
     "customer_id", "first_name", "last_name", "full_name", "email", "phone", "city", "state",
     "country", "signup_date", "customer_segment", "record_source", "profile_updated_at",
@@ -481,14 +483,6 @@ def _like_prefix(text: str) -> str:
     """A LIKE pattern matching values that start with ``text`` literally."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped + "%"
-
-
-RECENT_METRICS = """
-select minute_start, event_type, event_count, amount, updated_at
-from public.real_time_metrics
-where minute_start >= now() - make_interval(mins => %s) and minute_start <= now()
-order by minute_start desc, event_type
-"""
 
 
 async def fetch_recent_metrics(conn: AsyncConnection, minutes: int) -> list[dict[str, Any]] | None:

@@ -108,6 +108,11 @@ def issue_jwt(settings: Settings, subject: str, ttl_minutes: int | None = None) 
     return jwt.encode(claims, settings.jwt_secret, algorithm=settings.jwt_algorithm)
 
 
+def _client_address(request: Request) -> str:
+    """The identity of a request that carries no credential the API accepts."""
+    return "ip:" + (request.client.host if request.client else "unknown")
+
+
 def _unauthorized(message: str, scheme: str) -> HTTPException:
     return HTTPException(
         status_code=status.HTTP_401_UNAUTHORIZED,
@@ -143,9 +148,6 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
             raise _rate_limited(wait, limit)
         return identity
 
-    def address(request: Request) -> str:
-        return "ip:" + (request.client.host if request.client else "unknown")
-
     def too_many_failures(wait: float) -> HTTPException:
         seconds = max(1, math.ceil(wait))
         return HTTPException(
@@ -157,13 +159,13 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
     def refuse_while_failing(request: Request) -> None:
         """An address that has used up its failures gets a 429 before its credential is even
         looked at: a guess that happens to be right must not tell itself apart."""
-        wait = failures.wait(address(request))
+        wait = failures.wait(_client_address(request))
         if wait > 0:
             raise too_many_failures(wait)
 
     def refusal(request: Request, message: str, scheme: str) -> HTTPException:
         """A 401, charged to the client's address; past the failures it may make, a 429."""
-        wait = failures.acquire(address(request))
+        wait = failures.acquire(_client_address(request))
         return too_many_failures(wait) if wait > 0 else _unauthorized(message, scheme)
 
     if settings.api_auth_mode == "api_key":
@@ -227,7 +229,6 @@ def build_guard(settings: Settings) -> Callable[..., Awaitable[str]]:
         return require_jwt
 
     async def anonymous(request: Request) -> str:
-        client = request.client.host if request.client else "unknown"
-        return charge("ip:" + client)
+        return charge(_client_address(request))
 
     return anonymous

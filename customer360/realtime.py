@@ -71,6 +71,16 @@ def customer_activity(conn_or_cursor: Any, customer_id: str) -> dict | None:
     }
 
 
+# The minutes of the last ``%s`` up to now (a minute that has not begun is not listed),
+# newest first; the API reads the same.
+RECENT_METRICS = """
+select minute_start, event_type, event_count, amount, updated_at
+from public.real_time_metrics
+where minute_start >= now() - make_interval(mins => %s) and minute_start <= now()
+order by minute_start desc, event_type
+"""
+
+
 def recent_metrics(conn_or_cursor: Any, minutes: int = 60) -> list[dict]:
     """Per-minute, per-event-type counts whose event time lies in the last ``minutes`` minutes.
 
@@ -78,16 +88,7 @@ def recent_metrics(conn_or_cursor: Any, minutes: int = 60) -> list[dict]:
     priced events (add_to_cart, remove_from_cart, purchase), as a string with two decimals.
     """
     minutes = max(1, min(int(minutes), MAX_METRIC_MINUTES))
-    rows = _fetch(
-        conn_or_cursor,
-        """
-        select minute_start, event_type, event_count, amount, updated_at
-        from public.real_time_metrics
-        where minute_start >= now() - make_interval(mins => %s) and minute_start <= now()
-        order by minute_start desc, event_type
-        """,
-        (minutes,),
-    )
+    rows = _fetch(conn_or_cursor, RECENT_METRICS, (minutes,))
     return [
         {
             "minute_start": _iso(minute),
