@@ -89,7 +89,8 @@ class StagingSpec:
 
     source: str
     key_column: str
-    hash_keys: dict[str, str]  # staged hash key column -> SQL
+    # staged hash key column -> SQL; ``landed.business_key`` is the row's key, normalised
+    hash_keys: dict[str, str]
     rules: tuple[Rule, ...]
     typed: dict[str, str]  # staged column -> SQL, evaluated only for passing rows
     payload: tuple[str, ...]  # the typed columns the hashdiff covers
@@ -292,7 +293,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
         "customers": StagingSpec(
             source="customers",
             key_column="customer_id",
-            hash_keys={"customer_hk": "raw_vault.hash_key(landed.customer_id)"},
+            hash_keys={"customer_hk": "raw_vault.hash_normalised_key(landed.business_key)"},
             rules=(
                 _reserved_key_rule("customer_id"),
                 _key_rule("customer_id"),
@@ -311,7 +312,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
         "products": StagingSpec(
             source="products",
             key_column="product_id",
-            hash_keys={"product_hk": "raw_vault.hash_key(landed.product_id)"},
+            hash_keys={"product_hk": "raw_vault.hash_normalised_key(landed.business_key)"},
             rules=(
                 _reserved_key_rule("product_id"),
                 _key_rule("product_id"),
@@ -334,22 +335,26 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
             source="transactions",
             key_column="transaction_id",
             hash_keys={
-                "order_hk": "raw_vault.hash_key(landed.transaction_id)",
+                "order_hk": "raw_vault.hash_normalised_key(landed.business_key)",
                 "customer_hk": "case when landed.customer_known then landed.customer_hash"
                 f" else '{GHOST_KEY}' end",
                 "product_hk": "case when landed.product_known then landed.product_hash"
                 f" else '{GHOST_KEY}' end",
-                "customer_order_hk": "raw_vault.hash_key(case when landed.customer_known"
-                f" then landed.customer_id else '{GHOST_BUSINESS_KEY}' end,"
-                " landed.transaction_id)",
-                "order_product_hk": "raw_vault.hash_key(landed.transaction_id,"
+                "customer_order_hk": "raw_vault.hash_normalised_key(case when"
+                f" landed.customer_known then landed.customer_key else '{GHOST_BUSINESS_KEY}'"
+                " end, landed.business_key)",
+                "order_product_hk": "raw_vault.hash_normalised_key(landed.business_key,"
                 " case when landed.product_known"
-                f" then landed.product_id else '{GHOST_BUSINESS_KEY}' end)",
+                f" then landed.product_key else '{GHOST_BUSINESS_KEY}' end)",
             },
             derived=(
                 {
-                    "customer_hash": "raw_vault.hash_key(landed.customer_id)",
-                    "product_hash": "raw_vault.hash_key(landed.product_id)",
+                    "customer_key": "raw_vault.normalise_key(landed.customer_id)",
+                    "product_key": "raw_vault.normalise_key(landed.product_id)",
+                },
+                {
+                    "customer_hash": "raw_vault.hash_normalised_key(landed.customer_key)",
+                    "product_hash": "raw_vault.hash_normalised_key(landed.product_key)",
                 },
                 {
                     "customer_known": _known(
@@ -391,8 +396,8 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 _allowed_values_rule("order_status", ORDER_STATUSES),
             ),
             typed={
-                "customer_id": "raw_vault.normalise_key(landed.customer_id)",
-                "product_id": "raw_vault.normalise_key(landed.product_id)",
+                "customer_id": "landed.customer_key",
+                "product_id": "landed.product_key",
                 "quantity": f"{clean('quantity')}::integer",
                 "unit_price": f"{clean('unit_price')}::numeric(12, 2)",
                 # A missing discount is zero, typed as a delivered one is, so both hash alike.
@@ -442,6 +447,13 @@ def _as_text(column: str, free_text: bool) -> str:
             escaped = f"replace({escaped}, '{character}', '\\{character}')"
         return escaped
     return f"typed.{column}::text"
+
+
+def _in_share(business_key: str) -> str:
+    """SQL: the normalised business key falls in the statement's share of the keys."""
+    return (
+        f"mod(hashtext(coalesce({business_key}, ''))::bigint + 2147483648, %(shares)s) = %(share)s"
+    )
 
 
 def staging_statement(spec: StagingSpec) -> str:
@@ -497,8 +509,7 @@ def staging_statement(spec: StagingSpec) -> str:
                    first_value(line_number) over copies as last_copy_line,
                    {cleaned}
             from keyed
-            where mod(hashtext(coalesce(business_key, ''))::bigint + 2147483648,
-                      %(shares)s) = %(share)s
+            where {_in_share("business_key")}
             window copies as (partition by business_key, {", ".join(raw_columns)}
                               order by line_number desc)
         ),
@@ -568,7 +579,8 @@ def staging_statement(spec: StagingSpec) -> str:
 
 # Transactions that loaded against a ghost record are listed in the quarantine too, so a
 # report shows them; they are loaded ('ghost_linked'), not rejected. When the customer or
-# product was in this delivery but quarantined, the detail says so and why.
+# product was in this delivery but quarantined, the detail says so and why. Each share of the
+# transactions' checks lists the orders it staged.
 GHOST_LINKED_STATEMENT = f"""
     with refused as (
         select source, raw_vault.normalise_key(business_key) as business_key,
@@ -609,6 +621,7 @@ GHOST_LINKED_STATEMENT = f"""
        and refused_product.business_key = raw_vault.normalise_key(raw.product_id)
     where stg.batch_id = %(batch_id)s
       and (stg.customer_hk = '{GHOST_KEY}' or stg.product_hk = '{GHOST_KEY}')
+      and {_in_share("stg.order_id")}
 """
 
 
@@ -619,20 +632,16 @@ def check_source(
 
     The shares split the work so that several connections check a source side by side;
     each key, with its duplicates, lies in exactly one share. Customers and products are
-    checked before transactions, which refer to them.
+    checked before transactions, which refer to them; the transactions linked to a ghost
+    record are listed in the quarantine with the share that staged them.
     """
+    parameters = {
+        "batch_id": batch_id,
+        "record_source": spec.record_source,
+        "share": share,
+        "shares": shares,
+    }
     cursor.execute("set local timezone = %s", (spec.timezone,))
-    cursor.execute(
-        staging_statement(staging_spec),
-        {
-            "batch_id": batch_id,
-            "record_source": spec.record_source,
-            "share": share,
-            "shares": shares,
-        },
-    )
-
-
-def record_ghost_links(cursor, batch_id: int) -> None:
-    """List the batch's transactions that were linked to a ghost record in the quarantine."""
-    cursor.execute(GHOST_LINKED_STATEMENT, {"batch_id": batch_id})
+    cursor.execute(staging_statement(staging_spec), parameters)
+    if spec.name == "transactions":
+        cursor.execute(GHOST_LINKED_STATEMENT, parameters)

@@ -160,3 +160,18 @@ create unlogged table if not exists staging.stg_transactions (
     payment_method    text,
     order_status      text
 );
+
+-- Each batch empties the staging tables and the loader analyzes them as it fills them, so
+-- autovacuum has nothing to do there: its passes would only take CPU from the load.
+do $$
+declare
+    staging_table text;
+begin
+    foreach staging_table in array array['raw_customers', 'raw_products', 'raw_transactions',
+                                         'stg_customers', 'stg_products', 'stg_transactions']
+    loop
+        execute format('alter table staging.%I set (autovacuum_enabled = false,'
+                       ' toast.autovacuum_enabled = false)', staging_table);
+    end loop;
+end;
+$$;

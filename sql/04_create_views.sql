@@ -227,10 +227,40 @@ $$;
 insert into business_vault.order_facts
 select * from business_vault.order_facts_from_vault(null);
 
+-- The order facts of a batch's staged rows: what order_facts_from_vault gives once the
+-- vault holds that batch alone and its reconciliation has passed (a first load), without
+-- searching the vault for each order's latest rows. The ghost records' ids are null.
+create function business_vault.order_facts_from_staging(batch bigint)
+returns setof business_vault.order_facts
+language sql stable
+as $$
+select
+    stg.order_id,
+    stg.transaction_ts,
+    (stg.transaction_ts at time zone 'UTC')::date,
+    stg.order_status,
+    stg.payment_method,
+    stg.quantity,
+    stg.unit_price,
+    stg.discount,
+    stg.total_amount,
+    case when stg.customer_hk <> '00000000-0000-0000-0000-000000000000' then stg.customer_id end,
+    case when stg.product_hk <> '00000000-0000-0000-0000-000000000000' then stg.product_id end,
+    stg.order_status not in ('cancelled', 'returned'),
+    stg.order_hk,
+    stg.customer_hk,
+    stg.product_hk
+from staging.stg_transactions as stg
+where stg.batch_id = batch
+$$;
+
 -- How far the order facts follow the vault: the load_dts of the latest load they include.
 -- A load whose refresh never ran (its batch failed) is caught up by the next one.
+-- filled_from_batch: the batch whose staged rows filled the facts (a first load), until a
+-- later refresh has seen that batch's reconciliation pass.
 create table business_vault.order_facts_state (
-    refreshed_through timestamptz not null
+    refreshed_through timestamptz not null,
+    filled_from_batch bigint
 );
 insert into business_vault.order_facts_state (refreshed_through)
 select coalesce(max(load_dts), '-infinity') from (

@@ -14,18 +14,35 @@ $$;
 -- a composite key, stored as the 16 bytes of a uuid (half the size of the hex text, and
 -- compared as fixed-width binary). A missing part gives null, which the quality checks
 -- reject. Plain SQL expressions, so PostgreSQL inlines them into the staging statement.
+-- hash_normalised_key takes parts already in normal form: the staging statement normalises
+-- each key once and hashes it with these.
+create or replace function raw_vault.hash_normalised_key(normalised text)
+returns uuid
+language sql immutable parallel safe
+as $$
+    select md5(normalised)::uuid
+$$;
+
+create or replace function raw_vault.hash_normalised_key(normalised_1 text, normalised_2 text)
+returns uuid
+language sql immutable parallel safe
+as $$
+    select md5(normalised_1 || '||' || normalised_2)::uuid
+$$;
+
 create or replace function raw_vault.hash_key(key_part text)
 returns uuid
 language sql immutable parallel safe
 as $$
-    select md5(raw_vault.normalise_key(key_part))::uuid
+    select raw_vault.hash_normalised_key(raw_vault.normalise_key(key_part))
 $$;
 
 create or replace function raw_vault.hash_key(key_part_1 text, key_part_2 text)
 returns uuid
 language sql immutable parallel safe
 as $$
-    select md5(raw_vault.normalise_key(key_part_1) || '||' || raw_vault.normalise_key(key_part_2))::uuid
+    select raw_vault.hash_normalised_key(raw_vault.normalise_key(key_part_1),
+                                         raw_vault.normalise_key(key_part_2))
 $$;
 
 -- After a load: rebuild the point-in-time tables as of the snapshot (the batch's load_dts).
@@ -51,67 +68,92 @@ begin
 end;
 $$;
 
--- And, side by side with that, bring the order facts up to date.
+-- And, side by side with that, bring the order facts up to date with the vault after the
+-- batch loaded at the snapshot.
 drop routine if exists business_vault.refresh_order_views(timestamptz);
-create or replace procedure business_vault.refresh_order_facts(snapshot timestamptz)
+drop routine if exists business_vault.refresh_order_facts(timestamptz);
+create or replace procedure business_vault.refresh_order_facts(snapshot timestamptz, batch bigint)
 language plpgsql
 as $$
 declare
     caught_up_to timestamptz;
+    filled_from bigint;
     changed uuid[];
     stored bigint;
 begin
-    -- The orders changed since the facts were last brought up to date: by this load, and by
-    -- any earlier one whose refresh never ran (every vault row carries its load's load_dts).
-    -- With them, the orders whose hub row, or whose customer's or product's, arrived since:
-    -- hubs load beside links and satellites, so a batch that failed in its hubs can leave an
-    -- order pointing at a hub row that only a later batch brings.
-    select state.refreshed_through into caught_up_to
+    select state.refreshed_through, state.filled_from_batch into caught_up_to, filled_from
     from business_vault.order_facts_state as state
     for update;
     select count(*) into stored from business_vault.order_facts;
-    changed := case when stored > 0 then array(
-        select distinct order_hk from (
-            select order_hk, load_dts from raw_vault.sat_order_details
-            union all
-            select order_hk, load_dts from raw_vault.link_customer_order
-            union all
-            select order_hk, load_dts from raw_vault.link_order_product
-            union all
-            select link.order_hk, again.load_dts
-            from raw_vault.sat_customer_order_effectivity as again
-            join raw_vault.link_customer_order as link using (customer_order_hk)
-            union all
-            select link.order_hk, again.load_dts
-            from raw_vault.sat_order_product_effectivity as again
-            join raw_vault.link_order_product as link using (order_product_hk)
-            union all
-            select order_hk, load_dts from raw_vault.hub_order
-            union all
-            select link.order_hk, hub.load_dts
-            from raw_vault.hub_customer as hub
-            join raw_vault.link_customer_order as link using (customer_hk)
-            union all
-            select link.order_hk, hub.load_dts
-            from raw_vault.hub_product as hub
-            join raw_vault.link_order_product as link using (product_hk)
-        ) as touched
-        -- PostgreSQL applies this to each branch, before its join.
-        where load_dts > caught_up_to and load_dts <= snapshot
-    ) end;
+    -- Facts taken from a batch's staged rows hold what the vault holds only if that batch's
+    -- reconciliation passed (it may have run after them); otherwise they are refilled.
+    if filled_from is not null and filled_from <> batch then
+        if not coalesce((select bool_and(passed) from audit.reconciliation
+                         where batch_id = filled_from), false) then
+            stored := 0;
+        end if;
+        filled_from := null;
+    end if;
 
-    -- Rewriting a few orders costs little; when most of them changed (or the table is empty,
-    -- as before a first load), refilling it and building its indexes afresh costs a fraction
-    -- of that.
-    if stored = 0 or cardinality(changed) > stored / 4 then
-        call business_vault.refill_order_facts();
-    elsif cardinality(changed) > 0 then
-        delete from business_vault.order_facts where order_hk = any (changed);
+    -- A first load: every order in the vault comes from this batch, whose staged rows give
+    -- the facts without searching the vault for each order's latest rows.
+    if stored = 0
+       and exists (select from audit.load_batch where batch_id = batch and status = 'running')
+       and not exists (select from audit.load_batch
+                       where batch_id <> batch and row_counts ? 'inserted') then
+        call raw_vault.drop_indexes('business_vault.order_facts');
+        truncate business_vault.order_facts;
         insert into business_vault.order_facts
-        select * from business_vault.order_facts_from_vault(changed);
+        select * from business_vault.order_facts_from_staging(batch);
+        filled_from := batch;
+    else
+        -- The orders changed since the facts were last brought up to date: by this load, and
+        -- by any earlier one whose refresh never ran (every vault row carries its load's
+        -- load_dts). With them, the orders whose hub row, or whose customer's or product's,
+        -- arrived since: hubs load beside links and satellites, so a batch that failed in its
+        -- hubs can leave an order pointing at a hub row that only a later batch brings.
+        changed := case when stored > 0 then array(
+            select distinct order_hk from (
+                select order_hk, load_dts from raw_vault.sat_order_details
+                union all
+                select order_hk, load_dts from raw_vault.link_customer_order
+                union all
+                select order_hk, load_dts from raw_vault.link_order_product
+                union all
+                select link.order_hk, again.load_dts
+                from raw_vault.sat_customer_order_effectivity as again
+                join raw_vault.link_customer_order as link using (customer_order_hk)
+                union all
+                select link.order_hk, again.load_dts
+                from raw_vault.sat_order_product_effectivity as again
+                join raw_vault.link_order_product as link using (order_product_hk)
+                union all
+                select order_hk, load_dts from raw_vault.hub_order
+                union all
+                select link.order_hk, hub.load_dts
+                from raw_vault.hub_customer as hub
+                join raw_vault.link_customer_order as link using (customer_hk)
+                union all
+                select link.order_hk, hub.load_dts
+                from raw_vault.hub_product as hub
+                join raw_vault.link_order_product as link using (product_hk)
+            ) as touched
+            -- PostgreSQL applies this to each branch, before its join.
+            where load_dts > caught_up_to and load_dts <= snapshot
+        ) end;
+
+        -- Rewriting a few orders costs little; when most of them changed (or the table is
+        -- empty), refilling it and building its indexes afresh costs a fraction of that.
+        if stored = 0 or cardinality(changed) > stored / 4 then
+            call business_vault.refill_order_facts();
+        elsif cardinality(changed) > 0 then
+            delete from business_vault.order_facts where order_hk = any (changed);
+            insert into business_vault.order_facts
+            select * from business_vault.order_facts_from_vault(changed);
+        end if;
     end if;
     update business_vault.order_facts_state
-    set refreshed_through = greatest(caught_up_to, snapshot);
+    set refreshed_through = greatest(caught_up_to, snapshot), filled_from_batch = filled_from;
     analyze business_vault.order_facts;
 end;
 $$;

@@ -458,6 +458,45 @@ def test_after_a_failed_reconciliation_the_views_show_what_the_vault_holds(
         assert totals[order_id] == orders[order_id]["total"] + 100
 
 
+def test_a_first_load_takes_its_order_facts_from_the_staged_rows_the_vault_holds(
+    small_database, small_data
+):
+    """A first load fills the order facts from its staged rows instead of searching the vault
+    for each order's latest rows: they are exactly what the vault gives, ghost links
+    included, and the next day's refresh keeps them in step with the vault."""
+    settings = small_database
+    base, next_day = small_data
+    first = run_batch(base, settings)["batch_id"]
+    assert query(settings, "select filled_from_batch from business_vault.order_facts_state") == [
+        (first,)
+    ]
+    ghost_linked = query(
+        settings,
+        "select count(*) from business_vault.order_facts"
+        " where customer_id is null or product_id is null",
+    )
+    assert ghost_linked[0][0] > 0
+
+    def facts_differing_from_the_vault() -> list[tuple]:
+        return query(
+            settings,
+            """
+            (select * from business_vault.order_facts
+             except all select * from business_vault.order_facts_from_vault(null))
+            union all
+            (select * from business_vault.order_facts_from_vault(null)
+             except all select * from business_vault.order_facts)
+            """,
+        )
+
+    assert facts_differing_from_the_vault() == []
+    run_batch(next_day, settings)
+    assert query(settings, "select filled_from_batch from business_vault.order_facts_state") == [
+        (None,)
+    ]
+    assert facts_differing_from_the_vault() == []
+
+
 def load_with_a_failing_hub_row(settings, data_dir: Path, hub: str, key: str) -> None:
     """Load a delivery whose hubs step fails on one key of one hub, as a failure of the hubs
     step would, after the links and satellites loaded beside it have committed."""
