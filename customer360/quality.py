@@ -579,8 +579,7 @@ def staging_statement(spec: StagingSpec) -> str:
 
 # Transactions that loaded against a ghost record are listed in the quarantine too, so a
 # report shows them; they are loaded ('ghost_linked'), not rejected. When the customer or
-# product was in this delivery but quarantined, the detail says so and why. Each share of the
-# transactions' checks lists the orders it staged.
+# product was in this delivery but quarantined, the detail says so and why.
 GHOST_LINKED_STATEMENT = f"""
     with refused as (
         select source, raw_vault.normalise_key(business_key) as business_key,
@@ -615,13 +614,12 @@ GHOST_LINKED_STATEMENT = f"""
         on raw.batch_id = stg.batch_id and raw.line_number = stg.line_number
     left join refused as refused_customer
         on stg.customer_hk = '{GHOST_KEY}' and refused_customer.source = 'customers'
-       and refused_customer.business_key = raw_vault.normalise_key(raw.customer_id)
+       and refused_customer.business_key = stg.customer_id
     left join refused as refused_product
         on stg.product_hk = '{GHOST_KEY}' and refused_product.source = 'products'
-       and refused_product.business_key = raw_vault.normalise_key(raw.product_id)
+       and refused_product.business_key = stg.product_id
     where stg.batch_id = %(batch_id)s
       and (stg.customer_hk = '{GHOST_KEY}' or stg.product_hk = '{GHOST_KEY}')
-      and {_in_share("stg.order_id")}
 """
 
 
@@ -632,16 +630,20 @@ def check_source(
 
     The shares split the work so that several connections check a source side by side;
     each key, with its duplicates, lies in exactly one share. Customers and products are
-    checked before transactions, which refer to them; the transactions linked to a ghost
-    record are listed in the quarantine with the share that staged them.
+    checked before transactions, which refer to them.
     """
-    parameters = {
-        "batch_id": batch_id,
-        "record_source": spec.record_source,
-        "share": share,
-        "shares": shares,
-    }
     cursor.execute("set local timezone = %s", (spec.timezone,))
-    cursor.execute(staging_statement(staging_spec), parameters)
-    if spec.name == "transactions":
-        cursor.execute(GHOST_LINKED_STATEMENT, parameters)
+    cursor.execute(
+        staging_statement(staging_spec),
+        {
+            "batch_id": batch_id,
+            "record_source": spec.record_source,
+            "share": share,
+            "shares": shares,
+        },
+    )
+
+
+def record_ghost_links(cursor, batch_id: int) -> None:
+    """List the batch's transactions that were linked to a ghost record in the quarantine."""
+    cursor.execute(GHOST_LINKED_STATEMENT, {"batch_id": batch_id})
