@@ -41,8 +41,9 @@ from customer360.reconcile import reconcile_batch
 from customer360.settings import Settings, get_settings
 from customer360.sources import SOURCE_NAMES, load_source_specs
 from customer360.vault import (
+    CUSTOMER_ORDER_LINK_INSERTS,
     HUB_INSERTS,
-    LINK_INSERTS,
+    ORDER_PRODUCT_LINK_INSERTS,
     SATELLITE_INSERTS,
     VaultInsert,
     insert_new_rows,
@@ -392,17 +393,19 @@ def close_checks(batch_id: int, started: float, settings: Settings | None = None
 
 def load_hubs(batch_id: int, settings: Settings | None = None) -> dict[str, int]:
     """Add the batch's new business keys to the hubs."""
-    return _load_vault(batch_id, "hubs", HUB_INSERTS, settings)
+    return _load_vault(batch_id, "hubs", (HUB_INSERTS,), settings)
 
 
 def load_links(batch_id: int, settings: Settings | None = None) -> dict[str, int]:
-    """Add the batch's new relationships to the links."""
-    return _load_vault(batch_id, "links", LINK_INSERTS, settings)
+    """Add the batch's new relationships to the links, each link side by side."""
+    return _load_vault(
+        batch_id, "links", (CUSTOMER_ORDER_LINK_INSERTS, ORDER_PRODUCT_LINK_INSERTS), settings
+    )
 
 
 def load_satellites(batch_id: int, settings: Settings | None = None) -> dict[str, int]:
     """Add a satellite row for every staged payload that differs from its key's latest one."""
-    return _load_vault(batch_id, "satellites", SATELLITE_INSERTS, settings)
+    return _load_vault(batch_id, "satellites", (SATELLITE_INSERTS,), settings)
 
 
 def reconcile(batch_id: int, settings: Settings | None = None) -> list[dict]:
@@ -634,28 +637,40 @@ def run_side_by_side(calls: list[Callable[[], object]], workers: int | None = No
     return [future.result() for future in futures]
 
 
-def _load_vault(batch_id: int, stage: str, inserts: dict[str, VaultInsert], settings) -> dict:
+def _load_vault(
+    batch_id: int, stage: str, groups: tuple[dict[str, VaultInsert], ...], settings
+) -> dict:
+    """Insert the batch's new rows into the tables of each group, each group in a transaction
+    of its own, side by side; returns the rows each table took."""
     started = time.perf_counter()
+
+    def load(inserts: dict[str, VaultInsert]) -> dict[str, int]:
+        with transaction(settings) as cur:
+            cur.execute(
+                "select load_dts, status from audit.load_batch where batch_id = %s", (batch_id,)
+            )
+            load_dts, status = cur.fetchone()
+            if status == "failed":
+                raise UserFacingError(f"batch {batch_id} has failed; start a new batch")
+            inserted = insert_new_rows(cur, inserts, batch_id, load_dts)
+            for table, count in inserted.items():
+                if count:
+                    cur.execute(f"analyze raw_vault.{table}")
+            cur.execute(
+                """
+                update audit.load_batch
+                set row_counts = row_counts || jsonb_build_object(
+                    'inserted', coalesce(row_counts -> 'inserted', '{}') || %s::jsonb)
+                where batch_id = %s
+                """,
+                (json.dumps(inserted), batch_id),
+            )
+        return inserted
+
+    inserted = {}
+    for counts in run_side_by_side([partial(load, inserts) for inserts in groups]):
+        inserted.update(counts)
     with transaction(settings) as cur:
-        cur.execute(
-            "select load_dts, status from audit.load_batch where batch_id = %s", (batch_id,)
-        )
-        load_dts, status = cur.fetchone()
-        if status == "failed":
-            raise UserFacingError(f"batch {batch_id} has failed; start a new batch")
-        inserted = insert_new_rows(cur, inserts, batch_id, load_dts)
-        for table, count in inserted.items():
-            if count:
-                cur.execute(f"analyze raw_vault.{table}")
-        cur.execute(
-            """
-            update audit.load_batch
-            set row_counts = row_counts || jsonb_build_object(
-                'inserted', coalesce(row_counts -> 'inserted', '{}') || %s::jsonb)
-            where batch_id = %s
-            """,
-            (json.dumps(inserted), batch_id),
-        )
         _record_timing(cur, batch_id, stage, started)
     return inserted
 

@@ -177,8 +177,9 @@ def _delivered_again(
     return VaultInsert("stg_transactions", statement, statement)
 
 
-# Each link, then its effectivity satellite.
-LINK_INSERTS = {
+# Each link, then its effectivity satellite. The two links load side by side, each in a
+# transaction of its own.
+CUSTOMER_ORDER_LINK_INSERTS = {
     "link_customer_order": _order_link(
         "link_customer_order",
         "customer_order_hk",
@@ -193,6 +194,8 @@ LINK_INSERTS = {
         "customer",
         "vw_customer_order_delivered",
     ),
+}
+ORDER_PRODUCT_LINK_INSERTS = {
     "link_order_product": _order_link(
         "link_order_product",
         "order_product_hk",
@@ -208,13 +211,20 @@ LINK_INSERTS = {
         "vw_order_product_delivered",
     ),
 }
+LINK_INSERTS = {**CUSTOMER_ORDER_LINK_INSERTS, **ORDER_PRODUCT_LINK_INSERTS}
 
 
-def latest_satellite_rows(satellite: str, key: str, columns: str, set_wise: bool) -> str:
+def latest_satellite_rows(
+    satellite: str, key: str, columns: str, set_wise: bool, one_load: bool = False
+) -> str:
     """A left join of ``stg`` to the latest row of each key in ``satellite`` (as ``latest``,
     with ``columns``): one index probe per staged row, or, ``set_wise``, one pass over the
     whole satellite, which is cheaper when the batch is large next to the satellite (and
-    the only way when its index has been dropped for a bulk load)."""
+    the only way when its index has been dropped for a bulk load). ``one_load``: every row
+    of the satellite has the same load_dts (a first load), so each key has at most one row,
+    its latest, and the pass needs no sort."""
+    if one_load:
+        return f"left join raw_vault.{satellite} as latest on latest.{key} = stg.{key}"
     if set_wise:
         return f"""
             left join (

@@ -730,6 +730,58 @@ def test_reconciliation_catches_what_did_not_reach_the_vault(
     assert status == "failed"
 
 
+def test_reconciliation_of_a_first_load_catches_satellite_rows_changed_in_place(
+    small_database, small_data
+):
+    """When every satellite row comes from one load, reconciliation reads each key's only row
+    without sorting the satellite: a row whose payload was changed, and one that is missing,
+    still fail the batch with the amounts the files give."""
+    settings = small_database
+    base, _ = small_data
+    orders = expected_warehouse(base).orders
+    batch_id = load_up_to_the_vault(base, settings)
+    changed, missing = sorted(orders)[:2]
+    conn = psycopg2.connect(settings.dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            update raw_vault.sat_order_details as sat
+            set total_amount = total_amount + 100, hashdiff = md5('changed')::uuid
+            from raw_vault.hub_order as hub
+            where hub.order_hk = sat.order_hk and hub.order_id = %s
+            """,
+            (changed,),
+        )
+        cur.execute(
+            """
+            delete from raw_vault.sat_order_details as sat
+            using raw_vault.hub_order as hub
+            where hub.order_hk = sat.order_hk and hub.order_id = %s
+            """,
+            (missing,),
+        )
+    conn.close()
+
+    with pytest.raises(ReconciliationError):
+        reconcile(batch_id, settings)
+
+    checks = {
+        name: (float(expected), float(actual))
+        for name, expected, actual in query(
+            settings,
+            "select check_name, expected, actual from audit.reconciliation where batch_id = %s",
+            (batch_id,),
+        )
+    }
+    staged = float(len(orders))
+    total = sum(order["total"] for order in orders.values())
+    assert checks["sat_order_details_current_for_every_staged_order"] == (staged, staged - 2)
+    assert checks["order_amount_total_matches_staging"] == (
+        float(total),
+        float(total + 100 - orders[missing]["total"]),
+    )
+
+
 def test_indexes_a_stopped_bulk_load_left_dropped_are_built_by_the_next_batch(
     small_database, small_data
 ):
