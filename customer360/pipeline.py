@@ -432,9 +432,10 @@ def reconcile(batch_id: int, settings: Settings | None = None) -> list[dict]:
 def refresh_business_views(batch_id: int, settings: Settings | None = None) -> None:
     """Bring the business views up to date with the vault after a batch.
 
-    The point-in-time tables and the order facts (only the orders the batch changed) come
-    first, side by side. The customer and product views both derive from them; they are
-    rebuilt side by side, and with the facts' indexes when the facts were refilled in bulk.
+    The point-in-time tables and the order facts (only the orders the batch changed, in
+    shares side by side) come first, side by side. The customer and product views both
+    derive from them; they are rebuilt side by side, and with the facts' indexes when the
+    facts were refilled in bulk.
     """
     settings = settings or get_settings()
     started = time.perf_counter()
@@ -446,11 +447,30 @@ def refresh_business_views(batch_id: int, settings: Settings | None = None) -> N
         with transaction(settings) as cur:
             cur.execute(f"call {procedure}({', '.join(['%s'] * len(arguments))})", arguments)
 
+    def refresh_order_facts() -> None:
+        with transaction(settings) as cur:
+            cur.execute(
+                "call business_vault.start_order_facts_refresh(%s, %s)", (load_dts, batch_id)
+            )
+            # As text: psycopg2 leaves a uuid[] it has no type for as its literal.
+            orders = cur.fetchone()[0].strip("{}").split(",")
+        if orders == [""]:
+            return  # filled whole, or nothing changed: done
+        shares = settings.load_parallelism
+        run_side_by_side(
+            [
+                partial(
+                    call,
+                    "business_vault.rewrite_order_facts",
+                    "{" + ",".join(orders[share::shares]) + "}",
+                )
+                for share in range(shares)
+            ]
+        )
+        call("business_vault.finish_order_facts_refresh", load_dts)
+
     run_side_by_side(
-        [
-            partial(call, "business_vault.refresh_order_facts", load_dts, batch_id),
-            partial(call, "business_vault.refresh_pit_tables", load_dts),
-        ]
+        [refresh_order_facts, partial(call, "business_vault.refresh_pit_tables", load_dts)]
     )
     with transaction(settings) as cur:
         cur.execute(

@@ -69,10 +69,15 @@ end;
 $$;
 
 -- And, side by side with that, bring the order facts up to date with the vault after the
--- batch loaded at the snapshot.
+-- batch loaded at the snapshot. start_order_facts_refresh fills them whole (a first load, or
+-- when most orders changed), or lists the orders changed since they were last brought up to
+-- date; the loader rewrites those with rewrite_order_facts, in shares side by side, then
+-- records it with finish_order_facts_refresh.
 drop routine if exists business_vault.refresh_order_views(timestamptz);
 drop routine if exists business_vault.refresh_order_facts(timestamptz);
-create or replace procedure business_vault.refresh_order_facts(snapshot timestamptz, batch bigint)
+create or replace procedure business_vault.start_order_facts_refresh(
+    snapshot timestamptz, batch bigint, inout orders_to_rewrite uuid[] default null
+)
 language plpgsql
 as $$
 declare
@@ -94,6 +99,7 @@ begin
         end if;
         filled_from := null;
     end if;
+    orders_to_rewrite := '{}';
 
     -- A first load: every order in the vault comes from this batch, whose staged rows give
     -- the facts without searching the vault for each order's latest rows.
@@ -146,14 +152,36 @@ begin
         -- empty), refilling it and building its indexes afresh costs a fraction of that.
         if stored = 0 or cardinality(changed) > stored / 4 then
             call business_vault.refill_order_facts();
-        elsif cardinality(changed) > 0 then
-            delete from business_vault.order_facts where order_hk = any (changed);
-            insert into business_vault.order_facts
-            select * from business_vault.order_facts_from_vault(changed);
+            filled_from := null;
+        else
+            orders_to_rewrite := changed;
         end if;
     end if;
+    update business_vault.order_facts_state set filled_from_batch = filled_from;
+    if cardinality(orders_to_rewrite) = 0 then
+        call business_vault.finish_order_facts_refresh(snapshot);
+    end if;
+end;
+$$;
+
+-- The facts of these orders, as the vault holds them now.
+create or replace procedure business_vault.rewrite_order_facts(orders uuid[])
+language plpgsql
+as $$
+begin
+    delete from business_vault.order_facts where order_hk = any (orders);
+    insert into business_vault.order_facts
+    select * from business_vault.order_facts_from_vault(orders);
+end;
+$$;
+
+-- The facts follow the vault up to the snapshot.
+create or replace procedure business_vault.finish_order_facts_refresh(snapshot timestamptz)
+language plpgsql
+as $$
+begin
     update business_vault.order_facts_state
-    set refreshed_through = greatest(caught_up_to, snapshot), filled_from_batch = filled_from;
+    set refreshed_through = greatest(refreshed_through, snapshot);
     analyze business_vault.order_facts;
 end;
 $$;
