@@ -34,7 +34,6 @@ from customer360.landing import check_header, land_file
 from customer360.quality import (
     ThresholdBreachedError,
     check_source,
-    record_ghost_links,
     staging_specs,
 )
 from customer360.reconcile import reconcile_batch
@@ -342,12 +341,11 @@ def check_sources(batch_id: int, names: tuple[str, ...], settings: Settings | No
 
 
 def close_checks(batch_id: int, started: float, settings: Settings | None = None) -> dict:
-    """Once every source is checked: list the ghost-linked orders, record the counts, and
-    fail the batch when a source has fewer valid rows than its minimum (``started`` is when
-    the checks began, for the stage timing)."""
+    """Once every source is checked: record the counts, and fail the batch when a source has
+    fewer valid rows than its minimum (``started`` is when the checks began, for the stage
+    timing)."""
     settings = settings or get_settings()
     with transaction(settings) as cur:
-        record_ghost_links(cur, batch_id)
         staged = {}
         for name in SOURCE_NAMES:
             cur.execute(f"select count(*) from staging.stg_{name} where batch_id = %s", (batch_id,))

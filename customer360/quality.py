@@ -98,6 +98,8 @@ class StagingSpec:
     # Values computed once for each passing row before it is typed, step by step (each step
     # name -> SQL, reading the steps before it), which the hash keys read as ``landed.<name>``.
     derived: tuple[dict[str, str], ...] = ()
+    # Transactions: the statement also lists the rows it linked to a ghost record.
+    lists_ghost_links: bool = False
 
 
 def clean(column: str) -> str:
@@ -417,6 +419,7 @@ def staging_specs(specs: dict[str, SourceSpec]) -> dict[str, StagingSpec]:
                 "order_status",
             ),
             free_text=("payment_method", "order_status"),
+            lists_ghost_links=True,
         ),
     }
 
@@ -493,7 +496,7 @@ def staging_statement(spec: StagingSpec) -> str:
     )
     passing = f"derived_{len(spec.derived)}" if spec.derived else "winners"
     key = spec.key_column
-    return f"""
+    statement = f"""
         with keyed as (
             select raw.*, raw_vault.normalise_key(raw.{key}) as business_key
             from staging.raw_{spec.source} as raw
@@ -565,7 +568,8 @@ def staging_statement(spec: StagingSpec) -> str:
             from {passing} as landed
             offset 0  -- the hashdiff reads the typed columns again
         )
-
+    """
+    insert_staged = f"""
         insert into staging.stg_{spec.source} (
             batch_id, line_number, record_source, {", ".join(hash_columns)}, hashdiff,
             {key if spec.source != "transactions" else "order_id"}, {", ".join(typed_columns)}
@@ -575,52 +579,63 @@ def staging_statement(spec: StagingSpec) -> str:
                typed.business_key, {", ".join(f"typed.{c}" for c in typed_columns)}
         from typed
     """
+    if not spec.lists_ghost_links:
+        return statement + insert_staged
+    return f"""{statement},
+
+        staged as (
+            {insert_staged}
+            returning line_number, customer_hk, product_hk, customer_id, product_id
+        ),
+{_ghost_linked_listing(raw_row)}"""
 
 
-# Transactions that loaded against a ghost record are listed in the quarantine too, so a
-# report shows them; they are loaded ('ghost_linked'), not rejected. When the customer or
-# product was in this delivery but quarantined, the detail says so and why.
-GHOST_LINKED_STATEMENT = f"""
-    with refused as (
-        select source, raw_vault.normalise_key(business_key) as business_key,
-               string_agg(distinct reason, ', ' order by reason) as reasons
-        from audit.quarantine
-        where batch_id = %(batch_id)s and source in ('customers', 'products')
-          and disposition = 'rejected'
-        group by 1, 2
-    )
-    insert into audit.quarantine
-        (batch_id, source, source_file, line_number, business_key, reason, detail,
-         disposition, raw_row)
-    select stg.batch_id, 'transactions', raw.source_file, stg.line_number, stg.order_id,
-           case when stg.customer_hk = '{GHOST_KEY}' then 'unknown_customer'
-                else 'unknown_product' end,
-           concat_ws('; ',
-               case when stg.customer_hk = '{GHOST_KEY}'
-                    then 'customer ' || coalesce(quote_literal(raw.customer_id), 'nothing')
-                         || ' is not in the customer hub'
-                         || coalesce(' (its row in this delivery was quarantined: '
-                                     || refused_customer.reasons || ')', '') end,
-               case when stg.product_hk = '{GHOST_KEY}'
-                    then 'product ' || coalesce(quote_literal(raw.product_id), 'nothing')
-                         || ' is not in the product hub'
-                         || coalesce(' (its row in this delivery was quarantined: '
-                                     || refused_product.reasons || ')', '') end)
-           || '; linked to the ghost record',
-           'ghost_linked',
-           to_jsonb(raw) - 'batch_id' - 'source_file' - 'line_number'
-    from staging.stg_transactions as stg
-    join staging.raw_transactions as raw
-        on raw.batch_id = stg.batch_id and raw.line_number = stg.line_number
-    left join refused as refused_customer
-        on stg.customer_hk = '{GHOST_KEY}' and refused_customer.source = 'customers'
-       and refused_customer.business_key = stg.customer_id
-    left join refused as refused_product
-        on stg.product_hk = '{GHOST_KEY}' and refused_product.source = 'products'
-       and refused_product.business_key = stg.product_id
-    where stg.batch_id = %(batch_id)s
-      and (stg.customer_hk = '{GHOST_KEY}' or stg.product_hk = '{GHOST_KEY}')
-"""
+def _ghost_linked_listing(raw_row: str) -> str:
+    """The end of the transactions' staging statement: the staged rows (``staged``) linked to
+    a ghost record are listed in the quarantine too, so a report shows them, with their landed
+    rows (``judged``); they are loaded ('ghost_linked'), not rejected. When the customer or
+    product was in this delivery but quarantined, the detail says so and why."""
+    return f"""
+        refused as (
+            select source, raw_vault.normalise_key(business_key) as business_key,
+                   string_agg(distinct reason, ', ' order by reason) as reasons
+            from audit.quarantine
+            where batch_id = %(batch_id)s and source in ('customers', 'products')
+              and disposition = 'rejected'
+            group by 1, 2
+        )
+
+        insert into audit.quarantine
+            (batch_id, source, source_file, line_number, business_key, reason, detail,
+             disposition, raw_row)
+        select %(batch_id)s, 'transactions', landed.source_file, staged.line_number,
+               landed.business_key,
+               case when staged.customer_hk = '{GHOST_KEY}' then 'unknown_customer'
+                    else 'unknown_product' end,
+               concat_ws('; ',
+                   case when staged.customer_hk = '{GHOST_KEY}'
+                        then 'customer ' || coalesce(quote_literal(landed.customer_id), 'nothing')
+                             || ' is not in the customer hub'
+                             || coalesce(' (its row in this delivery was quarantined: '
+                                         || refused_customer.reasons || ')', '') end,
+                   case when staged.product_hk = '{GHOST_KEY}'
+                        then 'product ' || coalesce(quote_literal(landed.product_id), 'nothing')
+                             || ' is not in the product hub'
+                             || coalesce(' (its row in this delivery was quarantined: '
+                                         || refused_product.reasons || ')', '') end)
+               || '; linked to the ghost record',
+               'ghost_linked',
+               jsonb_build_object({raw_row})
+        from staged
+        join judged as landed on landed.line_number = staged.line_number
+        left join refused as refused_customer
+            on staged.customer_hk = '{GHOST_KEY}' and refused_customer.source = 'customers'
+           and refused_customer.business_key = staged.customer_id
+        left join refused as refused_product
+            on staged.product_hk = '{GHOST_KEY}' and refused_product.source = 'products'
+           and refused_product.business_key = staged.product_id
+        where staged.customer_hk = '{GHOST_KEY}' or staged.product_hk = '{GHOST_KEY}'
+    """
 
 
 def check_source(
@@ -630,7 +645,8 @@ def check_source(
 
     The shares split the work so that several connections check a source side by side;
     each key, with its duplicates, lies in exactly one share. Customers and products are
-    checked before transactions, which refer to them.
+    checked before transactions, which refer to them (and list, as they are staged, the
+    orders linked to a ghost record).
     """
     cursor.execute("set local timezone = %s", (spec.timezone,))
     cursor.execute(
@@ -642,8 +658,3 @@ def check_source(
             "shares": shares,
         },
     )
-
-
-def record_ghost_links(cursor, batch_id: int) -> None:
-    """List the batch's transactions that were linked to a ghost record in the quarantine."""
-    cursor.execute(GHOST_LINKED_STATEMENT, {"batch_id": batch_id})

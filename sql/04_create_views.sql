@@ -127,7 +127,7 @@ join raw_vault.sat_product_details as sat
 -- other business view derives from. The customer's and product's attributes are not copied
 -- here but joined in vw_order_analytics, so a changed customer does not rewrite their orders.
 -- A table, not a materialized view: after a batch the loader rewrites only the orders the
--- batch changed (business_vault.refresh_order_facts).
+-- batch changed (business_vault.start_order_facts_refresh).
 create table business_vault.order_facts (
     order_id       text        not null,
     transaction_ts timestamptz,
