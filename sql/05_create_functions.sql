@@ -118,34 +118,41 @@ begin
         -- load_dts). With them, the orders whose hub row, or whose customer's or product's,
         -- arrived since: hubs load beside links and satellites, so a batch that failed in its
         -- hubs can leave an order pointing at a hub row that only a later batch brings.
+        -- Each link table is read once, for its own new rows and those of new hub rows.
         changed := case when stored > 0 then array(
             select distinct order_hk from (
-                select order_hk, load_dts from raw_vault.sat_order_details
+                select order_hk from raw_vault.sat_order_details
+                where load_dts > caught_up_to and load_dts <= snapshot
                 union all
-                select order_hk, load_dts from raw_vault.link_customer_order
+                select link.order_hk
+                from raw_vault.link_customer_order as link
+                left join raw_vault.hub_customer as hub
+                    on hub.customer_hk = link.customer_hk
+                   and hub.load_dts > caught_up_to and hub.load_dts <= snapshot
+                where (link.load_dts > caught_up_to and link.load_dts <= snapshot)
+                   or hub.customer_hk is not null
                 union all
-                select order_hk, load_dts from raw_vault.link_order_product
+                select link.order_hk
+                from raw_vault.link_order_product as link
+                left join raw_vault.hub_product as hub
+                    on hub.product_hk = link.product_hk
+                   and hub.load_dts > caught_up_to and hub.load_dts <= snapshot
+                where (link.load_dts > caught_up_to and link.load_dts <= snapshot)
+                   or hub.product_hk is not null
                 union all
-                select link.order_hk, again.load_dts
+                select link.order_hk
                 from raw_vault.sat_customer_order_effectivity as again
                 join raw_vault.link_customer_order as link using (customer_order_hk)
+                where again.load_dts > caught_up_to and again.load_dts <= snapshot
                 union all
-                select link.order_hk, again.load_dts
+                select link.order_hk
                 from raw_vault.sat_order_product_effectivity as again
                 join raw_vault.link_order_product as link using (order_product_hk)
+                where again.load_dts > caught_up_to and again.load_dts <= snapshot
                 union all
-                select order_hk, load_dts from raw_vault.hub_order
-                union all
-                select link.order_hk, hub.load_dts
-                from raw_vault.hub_customer as hub
-                join raw_vault.link_customer_order as link using (customer_hk)
-                union all
-                select link.order_hk, hub.load_dts
-                from raw_vault.hub_product as hub
-                join raw_vault.link_order_product as link using (product_hk)
+                select order_hk from raw_vault.hub_order
+                where load_dts > caught_up_to and load_dts <= snapshot
             ) as touched
-            -- PostgreSQL applies this to each branch, before its join.
-            where load_dts > caught_up_to and load_dts <= snapshot
         ) end;
 
         -- Rewriting a few orders costs little; when most of them changed (or the table is
