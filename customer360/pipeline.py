@@ -427,19 +427,41 @@ def reconcile(batch_id: int, settings: Settings | None = None) -> list[dict]:
     return results
 
 
-def refresh_business_views(batch_id: int, settings: Settings | None = None) -> None:
+def refresh_business_views(
+    batch_id: int,
+    settings: Settings | None = None,
+    alongside: Callable[[], object] | None = None,
+) -> object:
     """Bring the business views up to date with the vault after a batch.
 
     The point-in-time tables and the order facts (only the orders the batch changed, in
     shares side by side) come first, side by side. The customer and product views both
     derive from them; they are rebuilt side by side, and with the facts' indexes when the
     facts were refilled in bulk.
+
+    ``alongside`` is a step that only reads the vault (the CLI's reconciliation), run where a
+    core is free: all through the refresh of a first load, whose order facts are filled on
+    one core, and otherwise beside the views, where the product view ends well before the
+    customer view. Returns its result, or raises its error once the views are rebuilt.
     """
     settings = settings or get_settings()
     started = time.perf_counter()
     with transaction(settings) as cur:
-        cur.execute("select load_dts from audit.load_batch where batch_id = %s", (batch_id,))
-        load_dts = cur.fetchone()[0]
+        cur.execute(
+            "select load_dts, business_vault.is_first_load(batch_id)"
+            " from audit.load_batch where batch_id = %s",
+            (batch_id,),
+        )
+        load_dts, first_load = cur.fetchone()
+    outcome: list = []  # the result of ``alongside``, or the error it raised
+
+    def beside() -> None:
+        try:
+            outcome.append(alongside())
+        except Exception as error:
+            outcome.append(error)
+
+    beside_views = [beside] if alongside and not first_load else []
 
     def call(procedure: str, *arguments: object) -> None:
         with transaction(settings) as cur:
@@ -467,22 +489,34 @@ def refresh_business_views(batch_id: int, settings: Settings | None = None) -> N
         )
         call("business_vault.finish_order_facts_refresh", load_dts)
 
-    run_side_by_side(
-        [refresh_order_facts, partial(call, "business_vault.refresh_pit_tables", load_dts)]
-    )
-    with transaction(settings) as cur:
-        cur.execute(
-            "select index_name from audit.dropped_indexes where table_name = %s",
-            ("business_vault.order_facts",),
+    def refresh() -> None:
+        run_side_by_side(
+            [refresh_order_facts, partial(call, "business_vault.refresh_pit_tables", load_dts)]
         )
-        dropped = [name for (name,) in cur.fetchall()]
-    run_side_by_side(
-        [partial(call, "business_vault.refresh_view", view) for view in DERIVED_VIEWS]
-        + [partial(call, "raw_vault.build_index", index_name) for index_name in dropped],
-        workers=settings.load_parallelism,
-    )
+        with transaction(settings) as cur:
+            cur.execute(
+                "select index_name from audit.dropped_indexes where table_name = %s",
+                ("business_vault.order_facts",),
+            )
+            dropped = [name for (name,) in cur.fetchall()]
+        run_side_by_side(
+            [partial(call, "business_vault.refresh_view", view) for view in DERIVED_VIEWS]
+            + beside_views
+            + [partial(call, "raw_vault.build_index", index_name) for index_name in dropped],
+            workers=settings.load_parallelism,
+        )
+
+    if alongside and first_load:
+        run_side_by_side([refresh, beside])
+    else:
+        refresh()
     with transaction(settings) as cur:
         _record_timing(cur, batch_id, "refresh_views", started)
+    if not outcome:
+        return None
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
 
 
 def finish_batch(batch_id: int, settings: Settings | None = None) -> dict:
@@ -616,11 +650,8 @@ def _run_steps(batch_id: int, settings: Settings, notify: ProgressCallback) -> N
         notify(stage, counts)
     # The views read only the vault, so they are rebuilt while it is reconciled; a failed
     # reconciliation still fails the batch.
-    checks, _ = run_side_by_side(
-        [
-            partial(reconcile, batch_id, settings),
-            partial(refresh_business_views, batch_id, settings),
-        ]
+    checks = refresh_business_views(
+        batch_id, settings, alongside=partial(reconcile, batch_id, settings)
     )
     notify("reconciliation", {"checks": len(checks)})
     notify("refresh_views", {})

@@ -68,6 +68,15 @@ begin
 end;
 $$;
 
+-- Whether no batch but this one has written to the vault: a first load.
+create or replace function business_vault.is_first_load(batch bigint)
+returns boolean
+language sql stable
+as $$
+    select not exists (select from audit.load_batch
+                       where batch_id <> batch and row_counts ? 'inserted')
+$$;
+
 -- And, side by side with that, bring the order facts up to date with the vault after the
 -- batch loaded at the snapshot. start_order_facts_refresh fills them whole (a first load, or
 -- when most orders changed), or lists the orders changed since they were last brought up to
@@ -105,8 +114,7 @@ begin
     -- the facts without searching the vault for each order's latest rows.
     if stored = 0
        and exists (select from audit.load_batch where batch_id = batch and status = 'running')
-       and not exists (select from audit.load_batch
-                       where batch_id <> batch and row_counts ? 'inserted') then
+       and business_vault.is_first_load(batch) then
         call raw_vault.drop_indexes('business_vault.order_facts');
         truncate business_vault.order_facts;
         insert into business_vault.order_facts

@@ -782,6 +782,59 @@ def test_reconciliation_of_a_first_load_catches_satellite_rows_changed_in_place(
     )
 
 
+@pytest.mark.parametrize("first_load", [True, False], ids=["first load", "next day"])
+def test_a_load_whose_vault_differs_from_staging_fails_once_its_views_are_rebuilt(
+    small_database, small_data, first_load
+):
+    """The CLI reconciles beside the refresh (all through it for a first load, beside the
+    views otherwise): a failed reconciliation fails the batch, after the views were rebuilt
+    from what the vault holds."""
+    settings = small_database
+    base, next_day = small_data
+    if not first_load:
+        run_batch(base, settings)
+    data_dir = base if first_load else next_day
+    conn = psycopg2.connect(settings.dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            """
+            create function raw_vault.add_to_total() returns trigger language plpgsql as $$
+            begin new.total_amount := new.total_amount + 1; return new; end $$;
+            create trigger add_to_total before insert on raw_vault.sat_order_details
+            for each row execute function raw_vault.add_to_total();
+            """
+        )
+    try:
+        with pytest.raises(ReconciliationError, match="order_amount_total_matches_staging"):
+            run_batch(data_dir, settings)
+    finally:
+        with conn, conn.cursor() as cur:
+            cur.execute("drop function raw_vault.add_to_total() cascade")
+        conn.close()
+
+    ((batch_id, status),) = query(
+        settings, "select batch_id, status from audit.load_batch order by batch_id desc limit 1"
+    )
+    assert status == "failed"
+    # A next day's facts show what the vault holds; a first load's, its staged rows, until
+    # the next refresh refills them from the vault (see the test above).
+    source = (
+        f"business_vault.order_facts_from_staging({batch_id})"
+        if first_load
+        else "business_vault.order_facts_from_vault(null)"
+    )
+    differing = query(
+        settings,
+        f"""
+        (select * from business_vault.order_facts except all select * from {source})
+        union all
+        (select * from {source} except all select * from business_vault.order_facts)
+        """,
+    )
+    assert differing == []
+    assert query(settings, "select count(*) from business_vault.order_facts")[0][0] > 0
+
+
 def test_indexes_a_stopped_bulk_load_left_dropped_are_built_by_the_next_batch(
     small_database, small_data
 ):
