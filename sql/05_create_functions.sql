@@ -115,10 +115,7 @@ begin
     if stored = 0
        and exists (select from audit.load_batch where batch_id = batch and status = 'running')
        and business_vault.is_first_load(batch) then
-        call raw_vault.drop_indexes('business_vault.order_facts');
-        truncate business_vault.order_facts;
-        insert into business_vault.order_facts
-        select * from business_vault.order_facts_from_staging(batch);
+        call business_vault.refill_order_facts(batch);
         filled_from := batch;
     else
         -- The orders changed since the facts were last brought up to date: by this load, and
@@ -274,16 +271,23 @@ begin
 end;
 $$;
 
--- Refill the order facts from the vault, as a bulk load. The indexes are left to the caller
--- (raw_vault.build_index), which builds them side by side with the views that read the facts.
-create or replace procedure business_vault.refill_order_facts()
+-- Refill the order facts as a bulk load: from the vault, or, given a batch, from its staged
+-- rows (a first load's). The indexes are left to the caller (raw_vault.build_index), which
+-- builds them side by side with the views that read the facts.
+drop routine if exists business_vault.refill_order_facts();
+create or replace procedure business_vault.refill_order_facts(staged_batch bigint default null)
 language plpgsql
 as $$
 begin
     call raw_vault.drop_indexes('business_vault.order_facts');
     truncate business_vault.order_facts;
-    insert into business_vault.order_facts
-    select * from business_vault.order_facts_from_vault(null);
+    if staged_batch is null then
+        insert into business_vault.order_facts
+        select * from business_vault.order_facts_from_vault(null);
+    else
+        insert into business_vault.order_facts
+        select * from business_vault.order_facts_from_staging(staged_batch);
+    end if;
 end;
 $$;
 
