@@ -27,6 +27,7 @@ from customer360.pipeline import (
     start_batch,
 )
 from customer360.quality import ThresholdBreachedError
+from customer360.reconcile import SOURCES, counts_by_hash_totals
 from customer360.sources import SOURCE_NAMES
 from customer360.vault import VAULT_TABLES
 from tests.database_state import fingerprints, query
@@ -780,6 +781,74 @@ def test_reconciliation_of_a_first_load_catches_satellite_rows_changed_in_place(
         float(total),
         float(total + 100 - orders[missing]["total"]),
     )
+
+
+def test_reconciliation_of_a_first_load_by_hash_totals_and_when_they_differ(
+    small_database, small_data
+):
+    """A first load's vault holds exactly the staged rows: row counts and hash totals give
+    every count and the amount total the files give. Rows replaced by others in place keep
+    the counts but not the totals, and the joins then count each replaced row as missing."""
+    settings = small_database
+    base, _ = small_data
+    orders = expected_warehouse(base).orders
+    batch_id = load_up_to_the_vault(base, settings)
+    staged = len(orders)
+    total = sum(order["total"] for order in orders.values())
+    conn = psycopg2.connect(settings.dsn)
+    with conn, conn.cursor() as cur:
+        counts = counts_by_hash_totals(cur, SOURCES["transactions"], batch_id)
+    assert counts == {
+        "staged": staged,
+        "hub_order_has_every_staged_order": staged,
+        "link_customer_order_has_every_staged_order": staged,
+        "link_order_product_has_every_staged_order": staged,
+        "satellite_current": staged,
+        "staged_amount": total,
+        "vault_amount": total,
+    }
+    in_hub, in_link, in_satellite = sorted(orders)[:3]
+    with conn, conn.cursor() as cur:
+        for table, column, order_id in (
+            ("hub_order", "order_hk", in_hub),
+            ("link_customer_order", "customer_order_hk", in_link),
+        ):
+            cur.execute(
+                f"""
+                update raw_vault.{table} as vault set {column} = md5('another ' || %s)::uuid
+                from raw_vault.hub_order as hub
+                where hub.order_hk = vault.order_hk and hub.order_id = %s
+                """,
+                (order_id, order_id),
+            )
+        cur.execute(
+            """
+            update raw_vault.sat_order_details as sat
+            set total_amount = total_amount + 100, hashdiff = md5('changed')::uuid
+            from raw_vault.hub_order as hub
+            where hub.order_hk = sat.order_hk and hub.order_id = %s
+            """,
+            (in_satellite,),
+        )
+        assert counts_by_hash_totals(cur, SOURCES["transactions"], batch_id) is None
+    conn.close()
+
+    with pytest.raises(ReconciliationError):
+        reconcile(batch_id, settings)
+
+    checks = {
+        name: (float(expected), float(actual))
+        for name, expected, actual in query(
+            settings,
+            "select check_name, expected, actual from audit.reconciliation where batch_id = %s",
+            (batch_id,),
+        )
+    }
+    assert checks["hub_order_has_every_staged_order"] == (staged, staged - 1)
+    assert checks["link_customer_order_has_every_staged_order"] == (staged, staged - 1)
+    assert checks["link_order_product_has_every_staged_order"] == (staged, staged)
+    assert checks["sat_order_details_current_for_every_staged_order"] == (staged, staged - 1)
+    assert checks["order_amount_total_matches_staging"] == (float(total), float(total + 100))
 
 
 @pytest.mark.parametrize("first_load", [True, False], ids=["first load", "next day"])
