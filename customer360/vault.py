@@ -162,13 +162,15 @@ def _delivered_again(
             from ({_late_links(hub, link, link_key, delivered)}) as late
         )
 
+        -- The link's load, as a subquery per row: one index probe each, where the planner,
+        -- misjudging how few rows come again, would hash the whole link table.
         insert into raw_vault.{satellite} ({link_key}, load_dts, record_source)
         select again.{link_key}, %(load_dts)s, again.record_source
         from again
-        where exists (
-              select from raw_vault.{link} as earlier
-              where earlier.{link_key} = again.{link_key} and earlier.load_dts < %(load_dts)s
-          )
+        where (
+              select earlier.load_dts from raw_vault.{link} as earlier
+              where earlier.{link_key} = again.{link_key}
+          ) < %(load_dts)s
           and not exists (
               select from raw_vault.{satellite} as recorded
               where recorded.{link_key} = again.{link_key} and recorded.load_dts = %(load_dts)s
