@@ -11,6 +11,7 @@ import contextvars
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,8 +67,11 @@ STALE_BATCH_AFTER = timedelta(hours=2)
 
 ProgressCallback = Callable[[str, dict], None]
 
-# Materialized views rebuilt from the order facts after each load.
-DERIVED_VIEWS = ("mv_customer_360", "mv_product_analytics")
+# Materialized views rebuilt from the order facts after each load: the customer profile's
+# two parts (each a pass over every order), the profile that joins them, and the products.
+CUSTOMER_PROFILE_PARTS = ("mv_customer_favourite_category", "mv_customer_order_metrics")
+CUSTOMER_PROFILE = "mv_customer_360"
+PRODUCT_VIEW = "mv_product_analytics"
 
 
 class ReconciliationError(UserFacingError):
@@ -435,24 +439,20 @@ def refresh_business_views(
     """Bring the business views up to date with the vault after a batch.
 
     The point-in-time tables and the order facts (only the orders the batch changed, in
-    shares side by side) come first, side by side. The customer and product views both
-    derive from them; they are rebuilt side by side, and with the facts' indexes when the
-    facts were refilled in bulk.
+    shares side by side) come first, side by side. The views all derive from them: the two
+    parts of the customer profile and the product view are rebuilt side by side (with the
+    facts' indexes when the facts were refilled in bulk), and the profile as soon as both of
+    its parts are.
 
-    ``alongside`` is a step that only reads the vault (the CLI's reconciliation), run where a
-    core is free: all through the refresh of a first load, whose order facts are filled on
-    one core, and otherwise beside the views, where the product view ends well before the
-    customer view. Returns its result, or raises its error once the views are rebuilt.
+    ``alongside`` is a step that only reads the vault (the CLI's reconciliation), run all
+    through the refresh, where a core is free while one step waits for another. Returns its
+    result, or raises its error once the views are rebuilt.
     """
     settings = settings or get_settings()
     started = time.perf_counter()
     with transaction(settings) as cur:
-        cur.execute(
-            "select load_dts, business_vault.is_first_load(batch_id)"
-            " from audit.load_batch where batch_id = %s",
-            (batch_id,),
-        )
-        load_dts, first_load = cur.fetchone()
+        cur.execute("select load_dts from audit.load_batch where batch_id = %s", (batch_id,))
+        (load_dts,) = cur.fetchone()
     outcome: list = []  # the result of ``alongside``, or the error it raised
 
     def beside() -> None:
@@ -460,8 +460,6 @@ def refresh_business_views(
             outcome.append(alongside())
         except Exception as error:
             outcome.append(error)
-
-    beside_views = [beside] if alongside and not first_load else []
 
     def call(procedure: str, *arguments: object) -> None:
         with transaction(settings) as cur:
@@ -489,6 +487,17 @@ def refresh_business_views(
         )
         call("business_vault.finish_order_facts_refresh", load_dts)
 
+    parts_left = [len(CUSTOMER_PROFILE_PARTS)]
+    parts_lock = threading.Lock()
+
+    def refresh_profile_part(view: str) -> None:
+        call("business_vault.refresh_view", view)
+        with parts_lock:
+            parts_left[0] -= 1
+            both_done = parts_left[0] == 0
+        if both_done:  # the part that ends last goes on to the profile
+            call("business_vault.refresh_view", CUSTOMER_PROFILE)
+
     def refresh() -> None:
         run_side_by_side(
             [refresh_order_facts, partial(call, "business_vault.refresh_pit_tables", load_dts)]
@@ -500,13 +509,13 @@ def refresh_business_views(
             )
             dropped = [name for (name,) in cur.fetchall()]
         run_side_by_side(
-            [partial(call, "business_vault.refresh_view", view) for view in DERIVED_VIEWS]
-            + beside_views
+            [partial(refresh_profile_part, view) for view in CUSTOMER_PROFILE_PARTS]
+            + [partial(call, "business_vault.refresh_view", PRODUCT_VIEW)]
             + [partial(call, "raw_vault.build_index", index_name) for index_name in dropped],
             workers=settings.load_parallelism,
         )
 
-    if alongside and first_load:
+    if alongside:
         run_side_by_side([refresh, beside])
     else:
         refresh()

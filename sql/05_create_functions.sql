@@ -296,7 +296,8 @@ create or replace procedure business_vault.refresh_view(view_name text)
 language plpgsql
 as $$
 begin
-    if view_name not in ('mv_customer_360', 'mv_product_analytics') then
+    if view_name not in ('mv_customer_order_metrics', 'mv_customer_favourite_category',
+                         'mv_customer_360', 'mv_product_analytics') then
         raise exception 'unknown business view %', view_name;
     end if;
     execute format('refresh materialized view business_vault.%I', view_name);
