@@ -45,25 +45,39 @@ as $$
                                          raw_vault.normalise_key(key_part_2))
 $$;
 
--- After a load: rebuild the point-in-time tables as of the snapshot (the batch's load_dts).
+-- After a load: bring the point-in-time tables up to the snapshot (the batch's load_dts).
+-- Only the keys whose satellite took rows since the latest snapshot a row was written for
+-- are written again (snapshot_dts is the snapshot at which a key's row last changed); the
+-- satellites are insert-only and batches load one at a time, so every other key's latest
+-- row is already there. A batch that failed before its refresh is caught up by the next.
 create or replace procedure business_vault.refresh_pit_tables(snapshot timestamptz)
 language plpgsql
 as $$
 begin
-    delete from business_vault.pit_customer;
-    insert into business_vault.pit_customer (customer_hk, snapshot_dts, sat_customer_details_load_dts)
+    insert into business_vault.pit_customer as pit
+        (customer_hk, snapshot_dts, sat_customer_details_load_dts)
     select customer_hk, snapshot, max(load_dts)
     from raw_vault.sat_customer_details
     where load_dts <= snapshot
-    group by customer_hk;
+      and load_dts > (select coalesce(max(snapshot_dts), '-infinity')
+                      from business_vault.pit_customer)
+    group by customer_hk
+    on conflict (customer_hk) do update
+        set snapshot_dts = excluded.snapshot_dts,
+            sat_customer_details_load_dts = excluded.sat_customer_details_load_dts;
     analyze business_vault.pit_customer;
 
-    delete from business_vault.pit_product;
-    insert into business_vault.pit_product (product_hk, snapshot_dts, sat_product_details_load_dts)
+    insert into business_vault.pit_product as pit
+        (product_hk, snapshot_dts, sat_product_details_load_dts)
     select product_hk, snapshot, max(load_dts)
     from raw_vault.sat_product_details
     where load_dts <= snapshot
-    group by product_hk;
+      and load_dts > (select coalesce(max(snapshot_dts), '-infinity')
+                      from business_vault.pit_product)
+    group by product_hk
+    on conflict (product_hk) do update
+        set snapshot_dts = excluded.snapshot_dts,
+            sat_product_details_load_dts = excluded.sat_product_details_load_dts;
     analyze business_vault.pit_product;
 end;
 $$;
