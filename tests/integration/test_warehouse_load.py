@@ -731,6 +731,34 @@ def test_reconciliation_catches_what_did_not_reach_the_vault(
     assert status == "failed"
 
 
+def failed_reconciliation_checks(batch_id: int, settings) -> dict[str, tuple[float, float]]:
+    """Reconcile a batch whose vault was tampered with: it fails; returns each check's
+    (expected, actual)."""
+    with pytest.raises(ReconciliationError):
+        reconcile(batch_id, settings)
+    return {
+        name: (float(expected), float(actual))
+        for name, expected, actual in query(
+            settings,
+            "select check_name, expected, actual from audit.reconciliation where batch_id = %s",
+            (batch_id,),
+        )
+    }
+
+
+def change_order_payload_in_place(cur, order_id: str) -> None:
+    """Give the order's satellite row another payload (100 more in total) without a new row."""
+    cur.execute(
+        """
+        update raw_vault.sat_order_details as sat
+        set total_amount = total_amount + 100, hashdiff = md5('changed')::uuid
+        from raw_vault.hub_order as hub
+        where hub.order_hk = sat.order_hk and hub.order_id = %s
+        """,
+        (order_id,),
+    )
+
+
 def test_reconciliation_of_a_first_load_catches_satellite_rows_changed_in_place(
     small_database, small_data
 ):
@@ -744,15 +772,7 @@ def test_reconciliation_of_a_first_load_catches_satellite_rows_changed_in_place(
     changed, missing = sorted(orders)[:2]
     conn = psycopg2.connect(settings.dsn)
     with conn, conn.cursor() as cur:
-        cur.execute(
-            """
-            update raw_vault.sat_order_details as sat
-            set total_amount = total_amount + 100, hashdiff = md5('changed')::uuid
-            from raw_vault.hub_order as hub
-            where hub.order_hk = sat.order_hk and hub.order_id = %s
-            """,
-            (changed,),
-        )
+        change_order_payload_in_place(cur, changed)
         cur.execute(
             """
             delete from raw_vault.sat_order_details as sat
@@ -763,17 +783,7 @@ def test_reconciliation_of_a_first_load_catches_satellite_rows_changed_in_place(
         )
     conn.close()
 
-    with pytest.raises(ReconciliationError):
-        reconcile(batch_id, settings)
-
-    checks = {
-        name: (float(expected), float(actual))
-        for name, expected, actual in query(
-            settings,
-            "select check_name, expected, actual from audit.reconciliation where batch_id = %s",
-            (batch_id,),
-        )
-    }
+    checks = failed_reconciliation_checks(batch_id, settings)
     staged = float(len(orders))
     total = sum(order["total"] for order in orders.values())
     assert checks["sat_order_details_current_for_every_staged_order"] == (staged, staged - 2)
@@ -821,29 +831,11 @@ def test_reconciliation_of_a_first_load_by_hash_totals_and_when_they_differ(
                 """,
                 (order_id, order_id),
             )
-        cur.execute(
-            """
-            update raw_vault.sat_order_details as sat
-            set total_amount = total_amount + 100, hashdiff = md5('changed')::uuid
-            from raw_vault.hub_order as hub
-            where hub.order_hk = sat.order_hk and hub.order_id = %s
-            """,
-            (in_satellite,),
-        )
+        change_order_payload_in_place(cur, in_satellite)
         assert counts_by_hash_totals(cur, SOURCES["transactions"], batch_id) is None
     conn.close()
 
-    with pytest.raises(ReconciliationError):
-        reconcile(batch_id, settings)
-
-    checks = {
-        name: (float(expected), float(actual))
-        for name, expected, actual in query(
-            settings,
-            "select check_name, expected, actual from audit.reconciliation where batch_id = %s",
-            (batch_id,),
-        )
-    }
+    checks = failed_reconciliation_checks(batch_id, settings)
     assert checks["hub_order_has_every_staged_order"] == (staged, staged - 1)
     assert checks["link_customer_order_has_every_staged_order"] == (staged, staged - 1)
     assert checks["link_order_product_has_every_staged_order"] == (staged, staged)
