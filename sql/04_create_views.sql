@@ -101,12 +101,18 @@ create table if not exists business_vault.pit_product (
 );
 
 -- Filled here as well as after each load, so that a warehouse created before this table
--- keeps its product views.
+-- keeps its product views. Every key is brought to its latest row, so that the refresh after
+-- the next load, which reads only the rows after the latest snapshot in the table, misses
+-- none.
 insert into business_vault.pit_product (product_hk, snapshot_dts, sat_product_details_load_dts)
 select product_hk, max(load_dts), max(load_dts)
 from raw_vault.sat_product_details
 group by product_hk
-on conflict (product_hk) do nothing;
+on conflict (product_hk) do update
+    set snapshot_dts = excluded.snapshot_dts,
+        sat_product_details_load_dts = excluded.sat_product_details_load_dts
+    where pit_product.sat_product_details_load_dts
+          is distinct from excluded.sat_product_details_load_dts;
 
 -- The current attributes of each customer and product, through the point-in-time tables.
 create view business_vault.vw_current_customer as

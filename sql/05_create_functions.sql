@@ -54,7 +54,7 @@ create or replace procedure business_vault.refresh_pit_tables(snapshot timestamp
 language plpgsql
 as $$
 begin
-    insert into business_vault.pit_customer as pit
+    insert into business_vault.pit_customer
         (customer_hk, snapshot_dts, sat_customer_details_load_dts)
     select customer_hk, snapshot, max(load_dts)
     from raw_vault.sat_customer_details
@@ -67,7 +67,7 @@ begin
             sat_customer_details_load_dts = excluded.sat_customer_details_load_dts;
     analyze business_vault.pit_customer;
 
-    insert into business_vault.pit_product as pit
+    insert into business_vault.pit_product
         (product_hk, snapshot_dts, sat_product_details_load_dts)
     select product_hk, snapshot, max(load_dts)
     from raw_vault.sat_product_details

@@ -12,6 +12,7 @@ import psycopg2
 import pytest
 
 from customer360.generator import generate_dataset, generate_next_day
+from customer360.migrate import migrate, schema_files
 from customer360.pipeline import (
     ReconciliationError,
     SupersededFilesError,
@@ -346,8 +347,11 @@ def test_next_day_updates_the_business_views(small_database, small_data):
     assert_business_views_match(settings, expected)
 
 
+@pytest.mark.parametrize(
+    "schema_applied_again", [False, True], ids=["", "the business vault's schema applied again"]
+)
 def test_a_load_catches_up_the_views_of_a_batch_that_failed_before_its_refresh(
-    small_database, small_data
+    small_database, small_data, schema_applied_again, tmp_path
 ):
     settings = small_database
     base, next_day = small_data
@@ -355,6 +359,12 @@ def test_a_load_catches_up_the_views_of_a_batch_that_failed_before_its_refresh(
     # The next day reaches the vault, then its batch fails before the views are refreshed.
     batch_id = load_up_to_the_vault(next_day, settings)
     fail_batch(batch_id, "stopped before the views were refreshed", settings)
+    if schema_applied_again:  # as after an upgrade, which fills the point-in-time tables
+        sql_dir = tmp_path / "sql"
+        shutil.copytree(schema_files()[0].parent, sql_dir)
+        views = sql_dir / "04_create_views.sql"
+        views.write_text(views.read_text(encoding="utf-8") + "\n-- edited\n", encoding="utf-8")
+        migrate(settings, sql_dir)
 
     report = run_batch(next_day, settings)
 
