@@ -10,6 +10,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ class EmbeddedServer:
                 )
             self._ensure_database()
             return
+        if _port_taken(self.port):
+            # pg_ctl would only say it could not listen, in a line of the server's log.
+            raise EmbeddedDatabaseError(
+                f"port {self.port} on 127.0.0.1 is in use by another program (an embedded"
+                " server of another work directory?); stop it, or set C360_EMBEDDED_PG_PORT"
+                " to a free port"
+            )
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
@@ -234,3 +242,14 @@ def server_for_settings(settings) -> EmbeddedServer:
         port=settings.embedded_pg_port,
         database=settings.embedded_pg_database,
     )
+
+
+def _port_taken(port: int) -> bool:
+    """Whether something already listens on (or holds) the port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -384,6 +385,18 @@ def test_db_start_on_another_port_than_the_running_server_names_its_port(own_emb
     )
     assert accepts_connections(running_port)
     assert not accepts_connections(other_port)
+
+
+def test_db_start_on_a_port_another_program_holds_is_one_line_naming_it(own_embedded_work_dir):
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other_program:
+        other_program.bind(("127.0.0.1", port))
+        other_program.listen()
+
+        refused = c360("db", "start", env=embedded_env(own_embedded_work_dir, port))
+
+    assert_one_line_error(refused, f"port {port}", "in use", "C360_EMBEDDED_PG_PORT")
+    assert not (own_embedded_work_dir / "postgres" / "pgdata" / "postmaster.pid").exists()
 
 
 def test_db_stop_says_whether_a_server_was_running(own_embedded_work_dir):
