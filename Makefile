@@ -46,10 +46,12 @@ demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/c360 demo
 
 # Test command: the whole suite against real PostgreSQL, Kafka, Airflow and Chromium.
-# pytest exits 5 when it collected no tests; that is a failure here, not a pass.
+# pytest exits 5 when it collected no tests; that is a failure here, not a pass. The test
+# servers' data (a few GB) is kept for a look after a failure, and removed after a pass.
 test: install system-deps compose-check
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest --basetemp="$(PYTEST_BASETEMP)" $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; \
+	if [ $$status -eq 0 ]; then rm -rf "$(PYTEST_BASETEMP)"; fi; \
 	exit $$status
 
 lint:
