@@ -923,7 +923,7 @@ def test_indexes_a_stopped_bulk_load_left_dropped_are_built_by_the_next_batch(
 
     run_batch(base, settings)
 
-    assert len(before) == 4
+    assert len(before) == 3
     assert query(settings, definitions) == before
     assert query(settings, "select count(*) from audit.dropped_indexes") == [(0,)]
 
