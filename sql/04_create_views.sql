@@ -233,9 +233,10 @@ $$;
 insert into business_vault.order_facts
 select * from business_vault.order_facts_from_vault(null);
 
--- The order facts of a batch's staged rows: what order_facts_from_vault gives once the
--- vault holds that batch alone and its reconciliation has passed (a first load), without
--- searching the vault for each order's latest rows. The ghost records' ids are null.
+-- The order facts of a batch's staged rows: what order_facts_from_vault gives for the orders
+-- of the batch last loaded once its reconciliation has passed (a first load fills the table
+-- with them), without searching the vault for each order's latest rows. The ghost records'
+-- ids are null.
 create function business_vault.order_facts_from_staging(batch bigint)
 returns setof business_vault.order_facts
 language sql stable
@@ -262,8 +263,9 @@ $$;
 
 -- How far the order facts follow the vault: the load_dts of the latest load they include.
 -- A load whose refresh never ran (its batch failed) is caught up by the next one.
--- filled_from_batch: the batch whose staged rows filled the facts (a first load), until a
--- later refresh has seen that batch's reconciliation pass.
+-- filled_from_batch: the batch whose staged rows gave facts (all of them after a first load,
+-- its own orders after a later one), until a later refresh has seen that batch's
+-- reconciliation pass.
 create table business_vault.order_facts_state (
     refreshed_through timestamptz not null,
     filled_from_batch bigint

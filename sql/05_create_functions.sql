@@ -181,6 +181,12 @@ begin
             filled_from := null;
         else
             orders_to_rewrite := changed;
+            -- The orders this batch staged take their facts from its staged rows, which are
+            -- their latest (see rewrite_order_facts).
+            if exists (select from audit.load_batch where batch_id = batch and status = 'running')
+            then
+                filled_from := batch;
+            end if;
         end if;
     end if;
     update business_vault.order_facts_state set filled_from_batch = filled_from;
@@ -190,14 +196,29 @@ begin
 end;
 $$;
 
--- The facts of these orders, as the vault holds them now.
+-- The facts of these orders, as the vault holds them now. Those staged by the batch whose
+-- rows the facts are taken from (filled_from_batch, the batch being loaded) are its staged
+-- rows: the batch's vault steps have committed, so each of its orders has them as its latest
+-- satellite row and links, and its reconciliation checks the vault against them (should it
+-- fail, the next refresh refills the facts from the vault). Only the others are searched for
+-- in the vault.
 create or replace procedure business_vault.rewrite_order_facts(orders uuid[])
 language plpgsql
 as $$
+declare
+    staged_batch bigint;
 begin
+    select filled_from_batch into staged_batch from business_vault.order_facts_state;
     delete from business_vault.order_facts where order_hk = any (orders);
     insert into business_vault.order_facts
-    select * from business_vault.order_facts_from_vault(orders);
+    select * from business_vault.order_facts_from_staging(staged_batch) as staged
+    where staged.order_hk = any (orders)
+    union all
+    select * from business_vault.order_facts_from_vault(array(
+        select unnest(orders)
+        except
+        select order_hk from staging.stg_transactions where batch_id = staged_batch
+    ));
 end;
 $$;
 
