@@ -487,14 +487,15 @@ def refresh_business_views(
         )
         call("business_vault.finish_order_facts_refresh", load_dts)
 
-    parts_left = [len(CUSTOMER_PROFILE_PARTS)]
+    parts_left = len(CUSTOMER_PROFILE_PARTS)
     parts_lock = threading.Lock()
 
     def refresh_profile_part(view: str) -> None:
+        nonlocal parts_left
         call("business_vault.refresh_view", view)
         with parts_lock:
-            parts_left[0] -= 1
-            both_done = parts_left[0] == 0
+            parts_left -= 1
+            both_done = parts_left == 0
         if both_done:  # the part that ends last goes on to the profile
             call("business_vault.refresh_view", CUSTOMER_PROFILE)
 

@@ -90,6 +90,10 @@ def _one_pass(source: SourceChecks, set_wise: bool, one_load: bool) -> str:
     """
 
 
+# True when every row of a satellite has the same load_dts (or it has none): it holds one load.
+HOLDS_ONE_LOAD = "coalesce(min(load_dts) = max(load_dts), true)"
+
+
 def _hash_total(column: str) -> str:
     """The sum of a 64-bit hash of each value: equal sums of equally many distinct keys mean
     the same keys (barring a 64-bit collision)."""
@@ -128,7 +132,7 @@ def counts_by_hash_totals(cursor, source: SourceChecks, batch_id: int) -> dict |
         vault_totals.append(total)
     cursor.execute(
         f"select count(*), {_pair_hash_total(source.key)}{amount},"
-        f" coalesce(min(load_dts) = max(load_dts), true) from raw_vault.{source.satellite}"
+        f" {HOLDS_ONE_LOAD} from raw_vault.{source.satellite}"
     )
     rows, total, *vault_amount, one_load = cursor.fetchone()
     if rows != staged or not one_load or vault_totals + [total] != staged_totals:
@@ -203,9 +207,7 @@ def reconcile_batch(cursor, batch_id: int, data_rows: dict[str, int]) -> list[di
 
 def _holds_one_load(cursor, satellite: str) -> bool:
     """Whether every row of the satellite has the same load_dts (one scan, no sort)."""
-    cursor.execute(
-        f"select coalesce(min(load_dts) = max(load_dts), true) from raw_vault.{satellite}"
-    )
+    cursor.execute(f"select {HOLDS_ONE_LOAD} from raw_vault.{satellite}")
     return cursor.fetchone()[0]
 
 

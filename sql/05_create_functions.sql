@@ -108,6 +108,10 @@ declare
     filled_from bigint;
     changed uuid[];
     stored bigint;
+    -- Only the batch being loaded gives facts from its staged rows.
+    being_loaded boolean := exists (
+        select from audit.load_batch where batch_id = batch and status = 'running'
+    );
 begin
     select state.refreshed_through, state.filled_from_batch into caught_up_to, filled_from
     from business_vault.order_facts_state as state
@@ -126,9 +130,7 @@ begin
 
     -- A first load: every order in the vault comes from this batch, whose staged rows give
     -- the facts without searching the vault for each order's latest rows.
-    if stored = 0
-       and exists (select from audit.load_batch where batch_id = batch and status = 'running')
-       and business_vault.is_first_load(batch) then
+    if stored = 0 and being_loaded and business_vault.is_first_load(batch) then
         call business_vault.refill_order_facts(batch);
         filled_from := batch;
     else
@@ -183,8 +185,7 @@ begin
             orders_to_rewrite := changed;
             -- The orders this batch staged take their facts from its staged rows, which are
             -- their latest (see rewrite_order_facts).
-            if exists (select from audit.load_batch where batch_id = batch and status = 'running')
-            then
+            if being_loaded then
                 filled_from := batch;
             end if;
         end if;
