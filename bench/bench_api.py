@@ -20,7 +20,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import psycopg
 
 from api import queries
 from customer360.embedded_db import bin_path
+from customer360.processes import free_port
 from customer360.settings import PROJECT_ROOT, get_settings
 
 BENCH_KEY = "bench-key"
@@ -150,12 +150,6 @@ def sample_ids(dsn: str) -> dict[str, list[str]]:
             )
         ]
     return {"customers": customers, "customers_with_orders": with_orders}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class serving_api:

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,12 +41,6 @@ print(json.dumps({
     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
 }))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def load(data_dir: Path, dsn: str) -> dict:
@@ -85,6 +78,7 @@ def main() -> None:
     from customer360.embedded_db import EmbeddedServer
     from customer360.generator import generate_dataset, generate_next_day
     from customer360.migrate import migrate
+    from customer360.processes import free_port
     from customer360.settings import Settings
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="c360-bench-"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 from pathlib import Path
@@ -69,6 +70,40 @@ def port_in_use(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def free_port(count: int = 1) -> int:
+    """The first of ``count`` consecutive TCP ports on 127.0.0.1 that are all free now.
+
+    The ports come from below the kernel's ephemeral range: outgoing connections take their
+    local ports from that range, so a port picked there can be taken before the server that
+    is meant to listen on it has started.
+    """
+    ephemeral_start = _ephemeral_range_start()
+    for _ in range(200):
+        first = random.randrange(10_000, ephemeral_start - count)
+        if _ports_handed_out.intersection(range(first, first + count)):
+            continue
+        try:
+            with contextlib.ExitStack() as probes:
+                for port in range(first, first + count):
+                    probes.enter_context(socket.socket()).bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _ports_handed_out.update(range(first, first + count))
+        return first
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
+# Ports this process has handed out but whose servers may not be listening yet.
+_ports_handed_out: set[int] = set()
+
+
+def _ephemeral_range_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -7,7 +7,6 @@ import atexit
 import itertools
 import os
 import signal
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -19,16 +18,10 @@ from customer360.embedded_db import EmbeddedServer
 from customer360.generator import generate_dataset
 from customer360.migrate import migrate
 from customer360.pipeline import run_batch
+from customer360.processes import free_port
 from customer360.settings import Settings, get_settings
 
 ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -7,31 +7,13 @@ Import the fixture into a test module (``from kafka_fixtures import kafka_bootst
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from customer360.kafka_broker import KafkaBroker
+from customer360.processes import free_port
 from customer360.settings import get_settings
-
-
-def free_port_pair() -> int:
-    """A port p on 127.0.0.1 such that p (clients) and p + 1 (controller) are both free now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as first, socket.socket() as second:
-                first.bind(("127.0.0.1", port))
-                second.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no two adjacent free ports on 127.0.0.1")
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +23,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    port = free_port_pair()
+    port = free_port(count=2)
     broker = KafkaBroker(
         home=tmp_path_factory.mktemp("kafka"), port=port, controller_port=port + 1, heap="512m"
     )

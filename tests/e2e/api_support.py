@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,11 @@ from pathlib import Path
 
 import httpx
 
+from customer360.processes import free_port
 from customer360.settings import PROJECT_ROOT, Settings
 
 TEST_API_KEYS = ("test-key-primary", "test-key-secondary")
 TEST_JWT_SECRET = "test-secret-that-is-long-enough-for-hs256!"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager

@@ -5,7 +5,6 @@ in headless Chromium shows the DAG and every task."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import psycopg2
 import pytest
 
 from customer360 import airflow_local
+from customer360.processes import free_port
 from customer360.settings import Settings
 from tests.expected import expected_warehouse
 
@@ -47,12 +47,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

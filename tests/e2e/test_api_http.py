@@ -23,12 +23,13 @@ import jwt
 import psycopg2
 import psycopg2.extras
 import pytest
-from api_support import TEST_API_KEYS, TEST_JWT_SECRET, free_port, running_api
+from api_support import TEST_API_KEYS, TEST_JWT_SECRET, running_api
 
 from customer360 import realtime
 from customer360.embedded_db import EmbeddedServer
 from customer360.migrate import migrate
 from customer360.pipeline import run_batch
+from customer360.processes import free_port
 from customer360.settings import PROJECT_ROOT, Settings
 from tests import deliveries
 

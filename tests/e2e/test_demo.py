@@ -12,23 +12,14 @@ from pathlib import Path
 
 import httpx
 import psycopg2
-from api_support import free_port
 
 from customer360.commands.demo import DEMO_EVENTS
-from customer360.processes import port_in_use
+from customer360.processes import free_port, port_in_use
 from customer360.settings import PROJECT_ROOT
 from tests.expected import expected_after_next_day, expected_warehouse
 
 DEMO_KEY = {"X-API-Key": "c360-demo-key"}
 WAIT_SECONDS = 180
-
-
-def free_port_pair() -> int:
-    """A free port whose next port is free too (the broker's controller takes it)."""
-    while True:
-        port = free_port()
-        if port < 65535 and not port_in_use("127.0.0.1", port + 1):
-            return port
 
 
 def c360(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -43,7 +34,7 @@ def c360(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_the_main_command_runs_the_platform_and_stop_ends_it(tmp_path: Path) -> None:
-    ports = {"database": free_port(), "api": free_port(), "kafka": free_port_pair()}
+    ports = {"database": free_port(), "api": free_port(), "kafka": free_port(count=2)}
     data_dir = tmp_path / "data"
     env = {
         name: value

@@ -19,7 +19,7 @@ import pytest
 
 from customer360.embedded_db import EmbeddedServer
 from customer360.generator import generate_dataset, generate_next_day
-from tests.conftest import free_port
+from customer360.processes import free_port
 
 
 def c360(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from kafka_fixtures import free_port_pair
 
 from customer360.embedded_db import server_for_settings
 from customer360.kafka_broker import broker_for_settings
+from customer360.processes import free_port
 from customer360.settings import Settings
-from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -42,7 +41,7 @@ def test_embedded_postgres_starts_from_a_relative_work_dir(relative_work_dir, mo
 
 @pytest.mark.kafka
 def test_kafka_broker_starts_from_a_relative_work_dir(relative_work_dir, monkeypatch):
-    monkeypatch.setenv("C360_KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port_pair()}")
+    monkeypatch.setenv("C360_KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{free_port(count=2)}")
     broker = dataclasses.replace(broker_for_settings(Settings()), heap="512m")
     try:
         broker.start(timeout=90)
