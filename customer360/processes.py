@@ -1,5 +1,6 @@
 """Watching and stopping the background processes the platform starts (PostgreSQL aside):
-the Kafka broker, Airflow, the API server and the stream consumer."""
+the Kafka broker, Airflow, the API server and the stream consumer; and free ports for the
+servers that tests and benchmarks start."""
 
 from __future__ import annotations
 
@@ -72,6 +73,12 @@ def port_in_use(host: str, port: int) -> bool:
         return False
 
 
+# Ports this process has handed out but whose servers may not be listening yet.
+_ports_handed_out: set[int] = set()
+# Seeded by the system, not by the global generator that tests may seed alike in every process.
+_port_picker = random.SystemRandom()
+
+
 def free_port(count: int = 1) -> int:
     """The first of ``count`` consecutive TCP ports on 127.0.0.1 that are all free now.
 
@@ -79,9 +86,11 @@ def free_port(count: int = 1) -> int:
     local ports from that range, so a port picked there can be taken before the server that
     is meant to listen on it has started.
     """
-    ephemeral_start = _ephemeral_range_start()
+    lowest, end = 10_000, _ephemeral_range_start()
+    if end - lowest < 1_000:  # a kernel whose ephemeral range takes nearly every port
+        end = 65_536
     for _ in range(200):
-        first = random.randrange(10_000, ephemeral_start - count)
+        first = _port_picker.randrange(lowest, end - count)
         if _ports_handed_out.intersection(range(first, first + count)):
             continue
         try:
@@ -93,10 +102,6 @@ def free_port(count: int = 1) -> int:
         _ports_handed_out.update(range(first, first + count))
         return first
     raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
-
-
-# Ports this process has handed out but whose servers may not be listening yet.
-_ports_handed_out: set[int] = set()
 
 
 def _ephemeral_range_start() -> int:
